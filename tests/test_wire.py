@@ -1,0 +1,90 @@
+"""The wire format and the line splitter, without processes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tlog import protocol
+from tlog.supervisor.ingest import LineSplitter, log_text
+
+
+def test_encode_decode_roundtrip_with_nonfinite() -> None:
+    line = protocol.encode("metrics", {"loss": protocol.finite(math.nan), "acc": 0.5}, step=3, epoch=None)
+    assert line.startswith(b"\x1e@tlog ") and line.endswith(b"\n")
+    event = protocol.decode(line[len(protocol.EMIT_PREFIX):-1])
+    assert event["kind"] == "metrics" and event["step"] == 3 and "epoch" not in event
+    assert math.isnan(protocol.number(event["data"]["loss"])) and protocol.number(event["data"]["acc"]) == 0.5
+
+
+def test_bare_object_is_metrics_with_context_lifted() -> None:
+    event = protocol.decode(b'{"step": 7, "epoch": 1, "loss": 0.25, "t": 12.5}')
+    assert event == {"kind": "metrics", "step": 7, "epoch": 1, "t": 12.5, "data": {"loss": 0.25}}
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b"{nope", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"kind": "bogus", "data": {}}', "unknown event kind"),
+    (b'{"kind": "metrics", "data": 5}', "'data' must be"),
+    (b'{"step": "seven", "loss": 1}', "'step' must be an integer"),
+])
+def test_malformed_payloads_raise_wire_error(payload: bytes, why: str) -> None:
+    with pytest.raises(protocol.WireError, match=why):
+        protocol.decode(payload)
+
+
+def test_splitter_separates_events_and_output() -> None:
+    sp = LineSplitter()
+    events, out, echo = sp.feed(b'hello\n@tlog {"loss": 1}\nworld\n')
+    assert [e["data"] for e in events] == [{"loss": 1}]
+    assert out == [b"hello", b"world"]
+    assert echo == b"hello\nworld\n"
+
+
+def test_splitter_event_after_partial_output_rejoins_the_line() -> None:
+    sp = LineSplitter()
+    _, out1, echo1 = sp.feed(b"epoch 1: ")
+    assert echo1 == b"epoch 1: " and not out1, "a partial line is echoed at once"
+    e2, out2, echo2 = sp.feed(b'\x1e@tlog {"kind":"metrics","data":{"loss":2}}\ndone\n')
+    assert [e["data"]["loss"] for e in e2] == [2]
+    assert out2 == [b"epoch 1: done"]
+    assert echo2 == b"done\n"
+
+
+def test_splitter_holds_a_possible_marker_across_chunks() -> None:
+    sp = LineSplitter()
+    events, _, echo = sp.feed(b"@tl")
+    assert echo == b"" and not events
+    events, out, echo = sp.feed(b'og {"loss": 3}\n')
+    assert [e["data"] for e in events] == [{"loss": 3}] and echo == b"" and out == []
+
+
+def test_splitter_event_split_across_chunks_mid_line() -> None:
+    sp = LineSplitter()
+    _, _, echo = sp.feed(b"abc\x1e@tlog {\"lo")
+    assert echo == b"abc"
+    events, out, echo = sp.feed(b'ss": 4}\n')
+    assert [e["data"] for e in events] == [{"loss": 4}] and echo == b""
+    _, out, _ = sp.finish()
+    assert out == [b"abc"], "output before an event is never lost"
+
+
+def test_splitter_malformed_marker_line_is_output_and_counted() -> None:
+    sp = LineSplitter()
+    events, out, echo = sp.feed(b"\x1e@tlog {oops\n")
+    assert events == [] and out == [b"@tlog {oops"] and echo == b"@tlog {oops\n"
+    assert sp.malformed == 1
+
+
+def test_splitter_last_line_without_newline() -> None:
+    sp = LineSplitter()
+    sp.feed(b"tail")
+    events, out, echo = sp.finish()
+    assert events == [] and out == [b"tail"] and echo == b""
+
+
+def test_log_text_collapses_carriage_returns() -> None:
+    assert log_text(b" 10%|#   \r 50%|#####  \r100%|##########\r") == "100%|##########"
+    assert log_text(b"windows line\r") == "windows line"

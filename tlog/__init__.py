@@ -1,0 +1,76 @@
+"""tlog's in-script API, for what the probe cannot know.
+
+Under ``tlog run`` these calls become events on the wire; under plain
+``python`` they write the experiment directory directly.  Either way a script
+that uses them never breaks because of tlog.  Imports nothing heavy: the seed's
+classes (TrainingLoggingManager & co.) load lazily on first access.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from tlog.hook import emitter as _emitter
+
+__version__ = "0.1.0"
+__all__ = ["checkpoint", "config", "log", "phase", "resume_checkpoint"]
+
+_COMPAT = frozenset({
+    "TrainingLoggingManager", "TrainingLogger", "TrainingProgressTracker", "ErrorInfo",
+    "TrainingMetrics", "ErrorCategory", "TrainingPhase",
+})
+
+
+def log(metrics: Mapping[str, Any] | None = None, /, *, step: int | None = None,
+        epoch: int | None = None, batch: int | None = None, **values: Any) -> None:
+    """Record metrics at the current step (the probe's, unless ``step`` is given)."""
+    em = _emitter._emitter or _emitter.get()
+    em.metrics(values if metrics is None else {**metrics, **values}, step, epoch, batch)
+
+
+def config(values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+    """Add to the run's configuration (training_config.json)."""
+    data = dict(values or {})
+    data.update(more)
+    _emitter.get().emit("config", data)
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Mark a phase of the loop, so a crash or a hang inside it names it."""
+    em = _emitter.get()
+    previous = em.phase
+    em.phase = name
+    em.emit("phase", {"phase": name}, step=em.step, epoch=em.epoch, batch=em.batch)
+    try:
+        yield
+    finally:
+        em.phase = previous
+
+
+def checkpoint(path: str | os.PathLike, **info: Any) -> None:
+    """Record a checkpoint the probe cannot see (written by another library)."""
+    em = _emitter.get()
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = None
+    em.emit("checkpoint", {"path": os.path.abspath(path), "bytes": size, **info},
+            step=em.step, epoch=em.epoch, batch=em.batch)
+
+
+def resume_checkpoint() -> str | None:
+    """The newest complete checkpoint of a previous attempt, when tlog restarted this run."""
+    return os.environ.get("TLOG_RESUME_CHECKPOINT") or None
+
+
+def __getattr__(name: str) -> Any:
+    if name in _COMPAT:
+        from tlog import compat
+
+        return getattr(compat, name)
+    raise AttributeError(f"module 'tlog' has no attribute {name!r}")

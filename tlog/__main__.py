@@ -1,0 +1,5 @@
+"""``python -m tlog`` is ``tlog``."""
+
+from tlog.cli import main
+
+main()

@@ -1,0 +1,393 @@
+"""The crash classifier's knowledge, kept as data so a new failure family is one row, not a new branch.
+
+``RULES`` is tried in order, most specific first: the first rule that matches any exception of the
+failure (root cause first) or any line of its output wins.  Order encodes precedence between families
+whose messages overlap (an OOM reported as a cuBLAS error is memory; a ``size mismatch`` while loading a
+state dict is a checkpoint problem, not a model bug), so each rule says in ``reason`` why it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MEMORY, DEVICE, NETWORK, SYSTEM = "memory", "device", "network", "system"
+DATA, MODEL, LOSS, GRAD = "data_loading", "model_inference", "loss_computation", "gradient_computation"
+OPTIM, CKPT, VALID, CONFIG, UNKNOWN = "optimization", "checkpoint", "validation", "configuration", "unknown"
+
+# A restart may help with these (by convention): the cause lies outside the program's own logic.
+TRANSIENT = frozenset({MEMORY, NETWORK, DEVICE, SYSTEM})
+
+# A generic exception (TypeError, KeyError, ...) belongs to the part of the loop it was raised in.
+PHASE_CATEGORY = {
+    "data_loading": DATA, "forward_pass": MODEL, "loss_computation": LOSS, "backward_pass": GRAD,
+    "optimization_step": OPTIM, "validation": VALID, "checkpoint_saving": CKPT,
+    "initialization": CONFIG, "model_setup": CONFIG,
+}
+PHASE_ALIASES = {
+    "data": "data_loading", "dataloading": "data_loading", "forward": "forward_pass", "loss": "loss_computation",
+    "backward": "backward_pass", "optimizer_step": "optimization_step", "optimization": "optimization_step",
+    "optimizer": "optimization_step", "eval": "validation", "evaluation": "validation", "val": "validation",
+    "checkpoint": "checkpoint_saving", "checkpointing": "checkpoint_saving", "setup": "initialization",
+    "init": "initialization",
+}
+PHASE_WORDS = {
+    "data_loading": "in data loading", "forward_pass": "in forward", "loss_computation": "in the loss",
+    "backward_pass": "in backward", "optimization_step": "in the optimizer step", "validation": "in validation",
+    "checkpoint_saving": "while checkpointing", "initialization": "during initialization",
+    "model_setup": "during model setup",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One failure family.  ``message`` is searched in each exception's "Type: message" text (and in every
+    output line when no exception could be parsed); ``line`` in every output line; ``types`` restricts to
+    exception class names; ``frames`` must match one frame and ``site`` the deepest user frame, both as
+    "file|func|source".  ``by_phase`` lets the phase decide the category (a shape error inside a collate
+    function is a data problem); ``facts`` are (template, regex) pairs that pull numbers into the cause."""
+
+    name: str
+    category: str
+    summary: str
+    reason: str
+    message: str = ""
+    line: str = ""
+    types: tuple[str, ...] = ()
+    frames: str = ""
+    site: str = ""
+    phase: str | None = None
+    by_phase: bool = False
+    facts: tuple[tuple[str, str], ...] = ()
+
+
+_SIZE = r"([\d.]+ ?[KMGTP]?i?B)"
+_MP_FRAMES = r"multiprocessing/|torch/utils/data/|popen_spawn|resource_sharer"
+_NET_TYPES = (
+    "ConnectionError", "ConnectionResetError", "ConnectionRefusedError", "ConnectionAbortedError", "TimeoutError",
+    "URLError", "HTTPError", "SSLError", "SSLCertVerificationError", "MaxRetryError", "NewConnectionError",
+    "ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectTimeoutError", "ProxyError", "RemoteDisconnected",
+    "ChunkedEncodingError", "IncompleteRead", "gaierror", "herror", "timeout", "ContentTooShortError",
+    "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "LocalEntryNotFoundError",
+    "OfflineModeIsEnabled", "HfHubHTTPError",
+)
+
+RULES: tuple[Rule, ...] = (
+    # ---- memory: exhaustion surfaces through many layers (cuBLAS, workers, numpy), so it is tried first
+    Rule("dataloader_worker_killed", MEMORY, "DataLoader worker killed", phase="data_loading",
+         reason="a worker killed by SIGKILL/SIGBUS is the OOM killer or a full /dev/shm; restart with fewer "
+                "workers or more shared memory",
+         message=r"DataLoader worker \(pids?\(?s?\)? ?[\d, ]+\) is killed by signal: (?:Killed|Bus error)",
+         facts=(("by signal: {}", r"killed by signal: (Killed|Bus error)"),)),
+    Rule("cuda_oom", MEMORY, "CUDA out of memory",
+         reason="the allocator could not get device memory; the numbers say how far off the batch is",
+         message=r"(?:CUDA|HIP|XPU|NPU|MPS backend) out of memory|OutOfMemoryError|CUDA error: out of memory|"
+                 r"cudaErrorMemoryAllocation|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|"
+                 r"RESOURCE_EXHAUSTED|ResourceExhaustedError|NCCL.*out of memory",
+         facts=(("tried to allocate {}", r"(?i)tried to allocate " + _SIZE),
+                ("{} free", _SIZE + r" (?:is )?free"), ("{} total", _SIZE + r" total capacity"),
+                ("{} total", r"total capacity of " + _SIZE))),
+    Rule("shared_memory", MEMORY, "shared memory (/dev/shm) exhausted", phase="data_loading",
+         reason="DataLoader workers pass batches through /dev/shm; a small shm (Docker default 64 MB) kills them",
+         message=r"(?i)shared memory|/dev/shm|unable to write to file </torch_|unable to (?:open|mmap|resize) "
+                 r"shared|Couldn't open shared file mapping|shm_open|torch_shm_manager",
+         line=r"Unexpected bus error encountered in worker|insufficient shared memory"),
+    Rule("cpu_alloc", MEMORY, "host memory exhausted",
+         reason="CPU allocators report ENOMEM in their own words; the host or cgroup is out of RAM",
+         message=r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)|std::bad_alloc|"
+                 r"Cannot allocate memory|\[Errno 12\]|paging file is too small|WinError 1455|"
+                 r"failed to allocate \d+ bytes",
+         facts=(("tried to allocate {bytes}", r"(?:you )?tried to allocate (\d+) bytes"),)),
+    Rule("numpy_oom", MEMORY, "numpy could not allocate an array",
+         reason="numpy raises its own MemoryError subclass with the requested size and shape",
+         types=("_ArrayMemoryError", "ArrayMemoryError"),
+         message=r"Unable to allocate [\d.]+ \w+ for an array",
+         facts=(("{} requested", r"Unable to allocate ([\d.]+ \w+)"), ("shape {}", r"with shape (\([^)]*\))"))),
+    Rule("python_memoryerror", MEMORY, "Python ran out of memory (MemoryError)",
+         reason="a bare MemoryError means the interpreter's allocation failed: host RAM or the cgroup limit",
+         types=("MemoryError",)),
+    Rule("oom_killer_log", MEMORY, "killed by the kernel OOM killer",
+         reason="schedulers and the kernel log OOM kills as plain lines, not exceptions",
+         line=r"(?i)out of memory: kill(?:ed)? process|oom[-_]kill|out-of-memory handler|OOMKilled|"
+              r"memory cgroup out of memory"),
+    Rule("sigkill_log", MEMORY, "killed by SIGKILL, probably the OOM killer",
+         reason="a training process killed by SIGKILL with no other error is almost always out of host RAM",
+         line=r"Signal 9 \(SIGKILL\) received|exitcode\s*:\s*-9\b|^\s*Killed\s*$|\bKilled\s+(?:python|torchrun|"
+              r"accelerate|deepspeed)|exit(?:ed with)? code 137\b|exitcode 137\b"),
+    # ---- device: CUDA runtime and placement problems; a kernel assert that names its cause goes first
+    Rule("loss_device_assert", LOSS, "device-side assert in the loss: a target or input is out of range",
+         reason="the kernel assertion line names the loss kernel, which is the actionable cause, not the GPU",
+         line=r"t >= 0 && t < n_classes|cur_target >= 0 && cur_target < n_classes|ClassNLLCriterion|"
+              r"input_val >= zero && input_val <= one|nll_loss\w*kernel.*Assertion"),
+    Rule("index_device_assert", MODEL, "device-side assert: an index is out of range (embedding/vocab size?)",
+         reason="indexSelect/IndexKernel asserts are token ids beyond the embedding table, a model/data mismatch",
+         line=r"srcIndex < srcSelectDimSize|indexSelect\w*Kernel.*Assertion|index out of bounds\"? failed"),
+    Rule("cuda_unavailable", DEVICE, "no usable CUDA device",
+         reason="the job landed where CUDA is missing or broken; another node or a driver fix helps, not code",
+         message=r"No CUDA GPUs are available|Found no NVIDIA driver|no CUDA-capable device|Torch not compiled "
+                 r"with CUDA enabled|_cuda_setDevice|_cuda_init|_cuda_getDeviceCount|CUDA driver version is "
+                 r"insufficient|NVIDIA driver on your system is too old|invalid device ordinal|CUDA unknown error|"
+                 r"is_available\(\) is False|no kernel image is available|not compatible with the current PyTorch|"
+                 r"CUDA initialization|cudaGetDeviceCount|Cannot re-initialize CUDA in forked subprocess|"
+                 r"nvmlInit|GPU is lost|ECC error|NVIDIA-SMI has failed"),
+    Rule("device_mismatch", DEVICE, "tensors on different devices",
+         reason="model, inputs or targets live on different devices; a .to(device) is missing",
+         message=r"Expected all tensors to be on the same device|(?:to be|is|are) on the same device|Expected "
+                 r"object of device type|expected device \S+ but got device|Input type \([^)]*cuda[^)]*\) and "
+                 r"weight type|weight type \([^)]*cuda[^)]*\) should be the same|is on CPU, but expected (?:it )?to"
+                 r" be on GPU|not at the same device|Placeholder storage has not been allocated on MPS"),
+    Rule("nccl_cuda_error", DEVICE, "NCCL hit a CUDA error",
+         reason="NCCL reports CUDA failures as its own errors; the GPU, not the network, failed",
+         message=r"unhandled cuda error|ncclUnhandledCudaError"),
+    Rule("cuda_error", DEVICE, "CUDA error",
+         reason="asynchronous CUDA/cuDNN/cuBLAS failures with no visible cause are treated as device faults",
+         message=r"CUDA error|CUDA kernel errors|device-side assert|cudaError|CUBLAS_STATUS|cuBLAS|CUDNN_STATUS|"
+                 r"(?i:cudnn error)|illegal memory access|misaligned address|unspecified launch failure|HIP error|"
+                 r"CUFFT_|CUSOLVER|Triton Error \[CUDA\]|CUDA driver error"),
+    # ---- network: collectives, rendezvous, sockets, HTTP
+    Rule("nccl_misuse", CONFIG, "invalid NCCL setup (two ranks on one GPU?)",
+         reason="duplicate GPUs mean LOCAL_RANK/set_device is wrong; retrying cannot fix it",
+         message=r"Duplicate GPU detected|ncclInvalidUsage"),
+    Rule("collective_failure", NETWORK, "collective communication failed or timed out",
+         reason="a collective that times out or loses a peer is the interconnect or a straggling rank",
+         message=r"collective operation timeout|ProcessGroupNCCL|DistBackendError|NCCL error|ncclSystemError|"
+                 r"ncclRemoteError|ncclInternalError|NCCL communicator|[Gg]loo|Connection closed by peer|"
+                 r"barrier\(\) timed out|monitoredBarrier",
+         facts=(("op {}", r"OpType=(\w+)"), ("timeout {} ms", r"Timeout\(ms\)=(\d+)")),
+         line=r"Watchdog caught collective operation timeout|ProcessGroupNCCL.*(?:[Tt]imeout|timed out)|"
+              r"NCCL WARN .*(?:[Cc]onnection|[Ss]ocket|[Tt]imeout|NET/)"),
+    Rule("launcher_env", CONFIG, "distributed launcher environment missing",
+         reason="RANK/WORLD_SIZE/MASTER_ADDR unset means the script was not started by torchrun/srun",
+         message=r"environment variable \w+ expected, but not set|'(?:LOCAL_RANK|RANK|WORLD_SIZE|MASTER_ADDR|"
+                 r"MASTER_PORT|LOCAL_WORLD_SIZE)'"),
+    Rule("rendezvous", NETWORK, "rendezvous/store connection failed",
+         reason="the c10d store or rendezvous is reachable only over the network",
+         message=r"TCPStore|DistNetworkError|DistStoreError|Rendezvous\w*Error|client socket has timed out|"
+                 r"Socket Timeout|store->get|Address already in use|EADDRINUSE|[Tt]imed out initializing process "
+                 r"group|wait timeout after"),
+    Rule("worker_connection", DATA, "lost the connection to a DataLoader worker (a worker died)",
+         reason="socket errors inside multiprocessing frames are DataLoader IPC, not the network",
+         types=("ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError", "EOFError"),
+         frames=_MP_FRAMES),
+    Rule("hub_config", CONFIG, "model/repository name or access token is wrong",
+         reason="an unknown or gated Hub repository fails the same way on every retry",
+         message=r"is not a valid model identifier|Repository Not Found|RepositoryNotFoundError|GatedRepoError|"
+                 r"gated repo|Access to model .* is restricted|401 Client Error|Invalid user token"),
+    Rule("socket_http", NETWORK, "network error",
+         reason="DNS, TCP, TLS and HTTP failures (downloads, hubs, loggers) usually pass on retry",
+         types=_NET_TYPES,
+         message=r"(?i)name or service not known|temporary failure in name resolution|nodename nor servname|"
+                 r"getaddrinfo failed|network is unreachable|no route to host|connection (?:refused|reset|timed "
+                 r"out|aborted)|\[Errno (?:101|104|110|111|113|-2|-3)\]|couldn't connect to|outgoing traffic has "
+                 r"been disabled|HF_HUB_OFFLINE|CERTIFICATE_VERIFY_FAILED|\bSSL: |Max retries exceeded|read timed "
+                 r"out|HTTP Error \d{3}|urlopen error|\b50[234] Server Error"),
+    # ---- checkpoint: (de)serialisation; before shape rules since state-dict errors mention sizes
+    Rule("ckpt_gpu_to_cpu", DEVICE, "checkpoint saved on GPU loaded where CUDA is unavailable",
+         reason="torch.load needs a GPU or map_location; on a GPU node the same job works",
+         message=r"Attempting to deserialize object on a CUDA device"),
+    Rule("state_dict_mismatch", CKPT, "checkpoint does not match the model",
+         reason="missing/unexpected keys or shape mismatches come from the checkpoint, not the forward pass",
+         message=r"Error\(s\) in loading state_dict|Missing key\(s\) in state_dict|Unexpected key\(s\) in "
+                 r"state_dict|size mismatch for \S+: copying a param|While copying the parameter named|loaded "
+                 r"state dict (?:contains a parameter group|has a different number of parameter groups)",
+         facts=(("keys carry a 'module.' prefix (saved from DataParallel/DDP)", r"(\"module\.)"),)),
+    Rule("ckpt_corrupt", CKPT, "checkpoint file unreadable",
+         reason="a truncated download, a weights_only refusal or a foreign format fails on every load",
+         message=r"PytorchStreamReader|central directory|invalid header or archive is corrupted|Weights only "
+                 r"load failed|weights_only|UnpicklingError|invalid load key|SafetensorError|HeaderTooLarge|"
+                 r"MetadataIncompleteBuffer|storage has wrong (?:byte )?size|Can't get attribute .* on <module"),
+    Rule("pickle_in_workers", DATA, "DataLoader workers cannot pickle the dataset",
+         reason="spawned workers pickle the dataset; lambdas/local objects or a missing __main__ guard fail",
+         message=r"(?i)pickl|An attempt has been made to start a new process before", frames=_MP_FRAMES),
+    Rule("pickle_save", CKPT, "object cannot be pickled for saving",
+         reason="torch.save of a whole model pickles code objects; save the state_dict instead",
+         message=r"(?i)can'?t pickle|cannot pickle|PicklingError|Can't get local object"),
+    # ---- system resources: before checkpoint/data rules because ENOSPC or EACCES while saving is the OS
+    Rule("disk_full", SYSTEM, "disk full or quota exceeded",
+         reason="ENOSPC/EDQUOT (often mid-checkpoint: 'unexpected pos') clears only when space is freed",
+         message=r"No space left on device|\[Errno 28\]|ENOSPC|Disk quota exceeded|\[Errno 122\]|EDQUOT|"
+                 r"inline_container\.cc.*unexpected pos|PytorchStreamWriter failed writing"),
+    Rule("fd_limit", SYSTEM, "too many open files",
+         reason="the fd limit (ulimit -n) or the file_descriptor sharing strategy is exhausted",
+         message=r"Too many open files|\[Errno 24\]|EMFILE|received \d+ items of ancdata"),
+    Rule("permission", SYSTEM, "permission denied",
+         reason="file-system permissions or a read-only mount are an environment problem, not the code's",
+         types=("PermissionError",),
+         message=r"Permission denied|\[Errno 13\]|Read-only file system|\[Errno 30\]|Operation not permitted"),
+    Rule("io_error", SYSTEM, "I/O error on the file system",
+         reason="EIO/stale NFS handles/dead FUSE mounts are storage faults that may clear on retry",
+         message=r"Input/output error|\[Errno 5\]|Stale file handle|\[Errno 116\]|Transport endpoint is not "
+                 r"connected|\[Errno 107\]"),
+    Rule("native_crash", SYSTEM, "native crash",
+         reason="segfaults/aborts in extensions are environment or binary problems; faulthandler shows where",
+         message=r"Segmentation fault|SIGSEGV|Fatal Python error|SIGBUS|Bus error|Illegal instruction|SIGILL|"
+                 r"Floating point exception|SIGFPE|SIGABRT|core dumped",
+         line=r"Fatal Python error:|Segmentation fault|core dumped|^\s*Bus error\s*$|Illegal instruction|"
+              r"Floating point exception|received signal SIG(?:SEGV|BUS|ILL|FPE|ABRT)"),
+    Rule("job_terminated", SYSTEM, "terminated by the scheduler or a signal",
+         reason="time limits, preemption and SIGTERM end a run from outside; resuming is the fix",
+         types=("KeyboardInterrupt",),
+         line=r"DUE TO TIME LIMIT|CANCELLED AT|DUE TO PREEMPTION|PREEMPTED|NODE_FAIL|Signal 15 \(SIGTERM\)|"
+              r"received signal 15|^\s*Terminated\s*$"),
+    # ---- checkpoint by location: an error inside torch.load/torch.save frames or naming a weights file
+    Rule("ckpt_file_missing", CKPT, "checkpoint file not found",
+         reason="a missing weights file is a path/resume problem, not a data problem",
+         message=r"^(?:\w+\.)*(?:FileNotFoundError|OSError|IsADirectoryError): .*\.(?:pt|pth|ckpt|bin|safetensors|"
+                 r"pkl|pickle|h5|tar|npz|pdparams)['\"]|does not appear to have a file named|Parent directory .* "
+                 r"does not exist"),
+    Rule("ckpt_frames", CKPT, "checkpoint load/save failed",
+         reason="any failure inside torch.load/torch.save or a checkpoint helper belongs to checkpointing",
+         types=("RuntimeError", "EOFError", "OSError", "FileNotFoundError", "BadZipFile", "KeyError",
+                "ValueError", "AttributeError", "TypeError"),
+         frames=r"torch/serialization\.py|safetensors|torch\.(?:load|save)\(|\|(?:save|load)_(?:checkpoint|ckpt)\|"),
+    # ---- configuration: bad values reach libraries, so these precede the model/loss/optimizer rules
+    Rule("argparse", CONFIG, "invalid command-line arguments",
+         reason="argparse/click reject the command line before training starts",
+         line=r"\S+: error: (?:unrecognized arguments|argument |the following arguments are required|invalid "
+              r"choice|ambiguous option|one of the arguments)|^Error: (?:No such option|Invalid value for|"
+              r"Missing (?:option|argument)|Got unexpected extra argument)"),
+    Rule("config_lib", CONFIG, "invalid configuration",
+         reason="Hydra/OmegaConf/YAML/TOML errors are configuration by construction",
+         types=("ConfigAttributeError", "ConfigKeyError", "MissingMandatoryValue", "ConfigCompositionException",
+                "OverrideParseException", "InterpolationResolutionError", "ScannerError", "ParserError",
+                "ComposerError", "ConstructorError", "TOMLDecodeError", "InstantiationException"),
+         message=r"Could not override '|Key '[^']+' is not in struct|hydra\.errors"),
+    Rule("config_file_missing", CONFIG, "configuration file not found",
+         reason="a missing YAML/TOML/INI file is a launch-argument mistake",
+         message=r"^(?:\w+\.)*FileNotFoundError: .*\.(?:ya?ml|toml|ini|cfg|conf)['\"]"),
+    Rule("config_value_type", CONFIG, "a config value has the wrong type (a number read as a string?)",
+         reason="YAML reads '3e-4' as a string; the library raises, but the value comes from the config",
+         message=r"not supported between instances of '(?:float|int)' and 'str'|not supported between instances "
+                 r"of 'str' and '(?:float|int)'|Invalid (?:learning rate|lr|weight_decay value|beta parameter|"
+                 r"epsilon value|momentum value|dampening value|rho value|lr_decay value)|must be real number, not"
+                 r" str|'str' object cannot be interpreted as an integer|batch_size should be a positive integer"),
+    Rule("registry_lookup", CONFIG, "unknown name in the configuration",
+         reason="a name not found in a registry of models/optimizers/datasets is a typo or unsupported option",
+         message=r"(?i)\bunknown (?:optimi[sz]er|optim|model|arch\w*|scheduler|dataset|loss|backbone|activation|"
+                 r"norm\w*|encoder|decoder|tokenizer|task|mode|method|type|option|config)\b|not (?:a )?registered|"
+                 r"not (?:found )?in (?:the )?registry|\bavailable(?: \w+)?: \[|must be one of|expected one of|"
+                 r"supported (?:values|options|models|types) (?:are|:)|invalid (?:model|optimi[sz]er|scheduler|"
+                 r"dataset|backbone|arch\w*|choice)\b|is not supported\. (?:available|choose|supported)"),
+    Rule("config_attribute", CONFIG, "a configuration entry is missing",
+         reason="an argparse Namespace or config object without the attribute means a missing option",
+         message=r"'(?:Namespace|DictConfig|ListConfig|EasyDict|AttrDict|Config|ConfigDict|Munch|Args|Arguments|"
+                 r"TrainingArguments|H[Pp]arams)' object has no attribute"),
+    Rule("config_keyerror", CONFIG, "a configuration key is missing",
+         reason="a KeyError on a config/args/environ lookup is a missing setting, not a data problem",
+         types=("KeyError",),
+         site=r"(?i)\b(?:cfg|config|conf|args|hparams|hps|params|opts?|options|settings|hyp|environ)\w*(?:\[|\.get"
+              r"\()|(?:^|/)(?:configs?|cfg|settings|options|arguments|args)\w*\.py\|"),
+    Rule("missing_package", CONFIG, "a package is missing or incompatible",
+         reason="an import failure is the environment, fixed by installing/pinning, not by retrying",
+         types=("ModuleNotFoundError", "ImportError")),
+    # ---- autograd, optimizer, loss and model families, then data
+    Rule("autograd", GRAD, "autograd error",
+         reason="graph misuse (double backward, in-place updates, detached or unused tensors) is deterministic",
+         message=r"backward through the graph a second time|does not require grad|modified by an inplace "
+                 r"operation|leaf Variable that requires grad (?:is being|has been) used in an in-place|appears "
+                 r"to not have been used in the graph|grad can be implicitly created only for scalar outputs|"
+                 r"returned nan values in its \d+\w* output|Expected to mark a variable ready only once|Expected to"
+                 r" have finished reduction in the prior iteration|find_unused_parameters|Mismatch in shape: "
+                 r"grad_output|returned an invalid gradient|register a hook on a tensor that doesn't require"),
+    Rule("optimizer", OPTIM, "optimizer misuse",
+         reason="optimizer/scheduler/GradScaler API errors are raised by the update step itself",
+         message=r"optimizer got an empty parameter list|required positional argument: 'closure'|requires "
+                 r"closure|can't optimize a non-leaf Tensor|appear in more than one parameter group|params argument"
+                 r" given to the optimizer should be an iterable|optimizer can only optimize Tensors|unscale FP16 "
+                 r"gradients|unscale_\(\) has already been called|No inf checks were recorded|Tried to step \d+ "
+                 r"times"),
+    Rule("nonfinite_loss", LOSS, "the loss became NaN/inf",
+         reason="training-loop guards raise on a non-finite loss; the loss (or lr) is where to look",
+         types=("FloatingPointError",),
+         message=r"(?i)loss (?:is|became|became infinite or|=) ?(?:nan|inf)|non-finite loss|loss is not finite"),
+    Rule("loss_target", LOSS, "loss inputs/targets invalid",
+         reason="class indices out of range, BCE inputs outside [0,1], CTC lengths and target shapes are loss "
+                "contract violations",
+         message=r"Target -?\d+ is out of bounds|multi-target not supported|0D or 1D target tensor expected|"
+                 r"Expected input batch_size \(\d+\) to match target batch_size|Target size \(.*\) must be the same"
+                 r" as input size|all elements of (?:input|target) should be between 0 and 1|input_lengths|"
+                 r"target_lengths|ctc_loss|nll_loss|only batches of spatial targets supported|Expected floating "
+                 r"point type for target|Found dtype \w+ but expected \w+|result type Float can't be cast to the "
+                 r"desired output type Long"),
+    Rule("loss_dtype", LOSS, "loss target has the wrong dtype",
+         reason="classification losses want Long targets, regression losses float ones",
+         message=r"expected scalar type \w+ but found \w+|not implemented for '\w+'",
+         frames=r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|\w*cross_entropy\w*|criterion)\|"),
+    Rule("shape_mismatch", MODEL, "tensor shape/dtype mismatch", by_phase=True,
+         reason="shape, rank and dtype errors are raised where tensors meet layers; the phase tells which code",
+         message=r"mat1 and mat2 shapes cannot be multiplied|size mismatch|shapes cannot be multiplied|Expected "
+                 r"\d+D .*input to \w+|Expected \d+-dimensional input|to have \d+ channels, but got|Given groups="
+                 r"\d+|input\.size\(-1\) must be equal to input_size|Expected hidden\S* size|einsum\(\)|shape '"
+                 r"\[[^\]]*\]' is invalid for input of size|Sizes of tensors must match|The size of tensor a \(\d+"
+                 r"\) must match|Dimension out of range|index out of range in self|attn_mask|Expected more than 1 "
+                 r"value per channel|Calculated (?:padded )?(?:input|output) size|Output size is too small|Kernel "
+                 r"size can't be greater|must have the same dtype|expected scalar type \w+ but found|Input type \(.*"
+                 r"\) and (?:weight|bias) type|doesn't match the broadcast shape|cannot be broadcast|forward\(\) "
+                 r"(?:missing|got an unexpected)|expected (?:m1|mat1) and (?:m2|mat2) to have the same dtype"),
+    Rule("data_decode", DATA, "a data sample could not be read", phase="data_loading",
+         reason="undecodable files, unreadable images and ragged batches come from the dataset",
+         types=("UnicodeDecodeError", "UnidentifiedImageError", "DecompressionBombError"),
+         message=r"cannot identify image file|image file is truncated|broken data stream|Truncated File Read|"
+                 r"Invalid data found when processing input|File contains data in an unknown format|libpng error|"
+                 r"Premature end of JPEG|!_src\.empty\(\)|stack expects each tensor to be equal size|each element "
+                 r"in list of batch should be of equal size|batch must contain tensors|num_samples should be a "
+                 r"positive integer value|Found 0 files|Couldn't find any class folder"),
+    Rule("worker_exception", DATA, "", phase="data_loading",
+         reason="any exception raised inside a DataLoader worker process belongs to the data pipeline",
+         frames=r"\|_worker_loop\|"),
+    Rule("dataloader_worker", DATA, "DataLoader worker failed", phase="data_loading",
+         reason="an exception re-raised from a worker, or a worker exiting, is the data pipeline's",
+         message=r"Caught \w+ in DataLoader worker process|DataLoader worker \(pids?\(?s?\)? ?[\d, ]+\) exited "
+                 r"unexpectedly|DataLoader timed out after"),
+    Rule("data_file_missing", DATA, "data file not found", phase="data_loading",
+         reason="a missing file that is neither a checkpoint nor a config is a dataset path",
+         types=("FileNotFoundError",), message=r"No such file or directory"),
+    Rule("by_phase", UNKNOWN, "", by_phase=True,
+         reason="a generic exception is attributed to the phase it was raised in; without one it is unknown"),
+)
+
+# Phase hints from frames, as (phase, strong, regex over "file|func|source"); each frame takes the first
+# matching row.  Strong hints name an enclosing activity (the deepest one wins); weak ones (forward, loss)
+# only apply when no strong hint exists, because a forward inside validate() is validation.
+FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
+    ("forward_pass", False, r"torch/utils/checkpoint\.py"),
+    ("initialization", True, r"torch/optim/[^|]*\|__init__\||argparse\.py|hydra/|\|(?:parse_args|parse_config|"
+                             r"load_config|get_config|init_distributed\w*|init_process_group|setup_ddp)\|"),
+    ("data_loading", True, r"torch/utils/data/|/datasets/|torchvision/(?:datasets|io|transforms)/|/PIL/|\|(?:__getitem"
+                           r"s?__|__next__|\w*collate\w*|_worker_loop|fetch|load_image|_load_image|pil_loader|"
+                           r"default_loader|read_image|load_sample|get_item)\|"),
+    ("backward_pass", True, r"\.backward\(|autograd\.grad\(|torch/autograd/|\|backward\||manual_backward"),
+    ("optimization_step", True, r"torch/optim/|\w*(?:optim|opt|optimizer|scaler|sched\w*)\.step\(|\.zero_grad\("
+                                r"|clip_grad_norm_|\|optimizer_step\|"),
+    ("checkpoint_saving", True, r"torch/serialization\.py|safetensors|torch\.(?:save|load)\(|\.load_state_dict\(|"
+                                r"(?i:checkpoint|ckpt)|\|(?:save|save_model|load_model|save_pretrained)\|"),
+    ("validation", True, r"\|(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\|"),
+    ("model_setup", True, r"\|(?:build|create|get|make|init|setup|load)_?(?:model|network|net|backbone|arch)\w*\||"
+                          r"from_pretrained"),
+    ("loss_computation", False, r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|criterion|\w*cross_entropy|kl_div)\||"
+                                r"\b(?:criterion|loss_fn|loss_func|compute_loss)\(|F\.\w*(?:loss|entropy)\w*\("),
+    ("forward_pass", False, r"\|forward\||\|_conv_forward\||torch/nn/modules/|torch/nn/functional\.py|"
+                            r"transformers/models/|timm/models/"),
+)
+
+# Hangs: (name, category, summary, reason, regex over a frame), checked from the innermost frame outwards.
+HANG_RULES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("hang_collective", NETWORK, "stuck in a collective or barrier",
+     "a rank waiting in NCCL/gloo/c10d store waits for a peer that is gone or slow",
+     r"torch/distributed/|distributed_c10d|all_reduce|allreduce|all_gather|reduce_scatter|broadcast|barrier|"
+     r"(?i:nccl|gloo)|store\.wait|\|wait\|.*store|rendezvous|torch/nn/parallel/distributed\.py"),
+    ("hang_dataloader", DATA, "stuck waiting for DataLoader workers",
+     "the main thread waits on worker queues: a worker is blocked, dead or too slow",
+     r"\|(?:_next_data|_get_data|_try_get_data|_worker_loop|_pin_memory_loop)\||torch/utils/data/"),
+)
+
+# How a death by signal reads when nothing in the output explains it (SIGKILL is handled separately).
+SIGNAL_CAUSES = {
+    "SIGSEGV": "segmentation fault (a native crash in an extension)",
+    "SIGABRT": "aborted (SIGABRT: a C++ exception or failed assertion)",
+    "SIGBUS": "bus error (SIGBUS: a bad mmap or exhausted shared memory)",
+    "SIGTERM": "terminated by SIGTERM (time limit, preemption or a manual kill)",
+    "SIGINT": "interrupted (SIGINT)",
+    "SIGILL": "illegal instruction (a binary built for another CPU)",
+    "SIGFPE": "floating point exception (SIGFPE, integer division by zero in native code)",
+    "SIGHUP": "hung up (SIGHUP: the terminal or session went away)",
+}

@@ -1,0 +1,76 @@
+"""Crash capture inside the child: the excepthook and faulthandler.
+
+The hook only reports; deciding that the run failed is the supervisor's job
+(from the exit status), so a crash event is evidence, not a verdict.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import sys
+import traceback
+from types import TracebackType
+
+from tlog.hook import emitter as _emitter
+
+MAX_FRAMES = 200
+
+
+def crash_payload(exc: BaseException, phase: str | None) -> dict:
+    """Type, message, full text, frames and the chain of causes of an exception."""
+    frames = [{"file": f.filename, "line": f.lineno, "func": f.name, "code": f.line}
+              for f in traceback.extract_tb(exc.__traceback__)[-MAX_FRAMES:]]
+    payload = {
+        "type": _qualname(exc),
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "frames": frames,
+        "chain": _chain(exc),
+    }
+    if phase:
+        payload["phase"] = phase
+    return payload
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+
+
+def _chain(exc: BaseException) -> list[dict]:
+    """Causes oldest first, as the traceback prints them."""
+    chain: list[dict] = []
+    seen = {id(exc)}
+    cur = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    while cur is not None and id(cur) not in seen and len(chain) < 20:
+        seen.add(id(cur))
+        chain.append({"type": _qualname(cur), "message": str(cur)})
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    chain.reverse()
+    return chain
+
+
+def install() -> None:
+    """Chain our excepthook in front of whatever is there, and arm faulthandler."""
+    previous = sys.excepthook
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        report(exc)
+        previous(kind, exc, tb)
+
+    sys.excepthook = excepthook
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
+
+
+def report(exc: BaseException) -> None:
+    """Send a crash event for ``exc`` through the process's emitter, if it has one."""
+    em = _emitter.current()
+    if em is None or not em.enabled:
+        return
+    try:
+        em.crashed = True
+        em.emit("crash", crash_payload(exc, em.phase), step=em.step, epoch=em.epoch, batch=em.batch)
+    except Exception:  # noqa: BLE001 - a failing report must not mask the user's traceback
+        pass

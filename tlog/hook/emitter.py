@@ -1,0 +1,197 @@
+"""Where the child's events go: the supervisor's pipe, or (with no supervisor) the store.
+
+Runs inside the training process, so it is stdlib-only and the path of
+``tlog.log()`` is a few attribute reads, one ``dumps`` and one ``write``.
+Events are written synchronously: an event that ``log()`` returned from is in
+the pipe, so a SIGKILL a moment later loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from tlog import protocol
+
+ENV_SUPERVISED = "TLOG_SUPERVISED"
+ENV_DISABLE = "TLOG_DISABLE"
+
+
+def _context_from_env() -> dict[str, int]:
+    """Rank information torchrun and friends put in the environment."""
+    ctx = {}
+    for key, env in (("rank", "RANK"), ("local_rank", "LOCAL_RANK"), ("world_size", "WORLD_SIZE")):
+        value = os.environ.get(env)
+        if value is not None and value.isdigit():
+            ctx[key] = int(value)
+    return ctx
+
+
+class Emitter:
+    """Base: keeps the loop position the probe updates, and stamps it on events.
+
+    ``step``/``epoch``/``batch``/``phase`` are plain attributes so the probe can
+    update them with a store, not a call.
+    """
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.epoch: int | None = None
+        self.batch: int | None = None
+        self.phase: str | None = None
+        self.enabled = True
+        self.crashed = False
+        self.context = _context_from_env()
+        self._warned: set[str] = set()
+
+    def emit(self, kind: str, data: dict, **context: Any) -> None:
+        """Send one event; never raises into the caller's training loop."""
+        if not self.enabled:
+            return
+        try:
+            self._send(kind, data, context)
+        except Exception as exc:  # noqa: BLE001 - the child never dies because of tlog
+            self.enabled = False
+            self._complain("emit", f"tlog: event delivery failed and is now off: {exc!r}")
+
+    def metrics(self, data: dict, step: int | None, epoch: int | None, batch: int | None,
+                src: str | None = None) -> None:
+        """The hot path of ``tlog.log``: one metrics event at the current loop position."""
+        if not self.enabled:
+            return
+        clean = {}
+        for key, value in data.items():
+            cls = value.__class__
+            if cls is float:
+                clean[key] = value if value - value == 0 else protocol.finite(value)
+            elif cls is int or cls is str or value is None:
+                clean[key] = value
+            else:
+                clean[key] = _scalar(value)
+        self.emit("metrics", clean,
+                  step=self.step if step is None else step,
+                  epoch=self.epoch if epoch is None else epoch,
+                  batch=self.batch if batch is None else batch, src=src)
+
+    def warn(self, message: str, category: str = "system") -> None:
+        """A warning event (NaN loss, a probe switching itself off, ...)."""
+        self.emit("warning", {"message": message, "category": category},
+                  step=self.step, epoch=self.epoch, batch=self.batch)
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.warn(message)
+
+    def _complain(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            try:
+                sys.stderr.write(message + "\n")
+            except Exception:  # noqa: BLE001 - stderr itself may be gone at shutdown
+                pass
+
+    def _send(self, kind: str, data: dict, context: dict) -> None:
+        raise NotImplementedError
+
+    def close(self, status: str | None = None) -> None:
+        """Called at interpreter exit; the wire needs nothing, the store finalises."""
+
+
+class WireEmitter(Emitter):
+    """Writes ``\\x1e@tlog {...}`` lines to a private duplicate of stdout.
+
+    A private fd keeps events flowing when the script rebinds ``sys.stdout`` or
+    redirects fd 1; it is the same pipe, so ordering with the script's own
+    output is preserved.
+    """
+
+    def __init__(self, fd: int = 1) -> None:
+        super().__init__()
+        self._fd = os.dup(fd)
+        self._pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """A forked DataLoader worker must not report as if it were the trainer."""
+        self.enabled = False
+
+    def _send(self, kind: str, data: dict, context: dict) -> None:
+        if self.context:
+            context = {**self.context, **context}
+        line = protocol.encode(kind, data, **context)
+        fd = self._fd
+        while line:
+            line = line[os.write(fd, line):]
+
+
+class StoreEmitter(Emitter):
+    """No supervisor: the script writes its own experiment directory through the store."""
+
+    def __init__(self, exp_dir: str) -> None:
+        super().__init__()
+        from tlog.store.writer import ExperimentWriter
+
+        self.writer = ExperimentWriter(exp_dir)
+        self.exp_dir = exp_dir
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.enabled = False
+
+    def _send(self, kind: str, data: dict, context: dict) -> None:
+        event = {"kind": kind, "t": time.time()}
+        event.update(self.context)
+        for key, value in context.items():
+            if value is not None:
+                event[key] = value
+        event["data"] = protocol.loads(protocol.dumps(data)) if _needs_roundtrip(data) else data
+        self.writer.write_events([event])
+
+    def close(self, status: str | None = None) -> None:
+        if self.enabled:
+            self.writer.close(status or "finished")
+            self.enabled = False
+
+
+def _needs_roundtrip(data: dict) -> bool:
+    """Crash/meta payloads may hold objects JSON cannot take; metrics never do after cleaning."""
+    return any(not isinstance(v, (int, float, str, type(None))) for v in data.values())
+
+
+def _scalar(value: Any) -> Any:
+    """A tensor, numpy scalar or bool as a wire number (reading a tensor is the caller's sync)."""
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if number - number == 0 else protocol.finite(number)
+
+
+_emitter: Emitter | None = None
+
+
+def get() -> Emitter:
+    """The process's emitter, chosen once from the environment."""
+    global _emitter
+    if _emitter is None:
+        _emitter = _create()
+    return _emitter
+
+
+def current() -> Emitter | None:
+    """The emitter if one exists already (the crash hook must not create one)."""
+    return _emitter
+
+
+def _create() -> Emitter:
+    if os.environ.get(ENV_SUPERVISED) == "1":
+        return WireEmitter()
+    from tlog.hook.direct import open_direct_emitter
+
+    return open_direct_emitter()

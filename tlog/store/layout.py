@@ -1,0 +1,102 @@
+"""Where an experiment lives and what it is called.
+
+Names are validated and never reused: ``os.mkdir`` is the atomic claim, so two
+runs started at once with one name still get two directories.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+DEFAULT_LOG_DIR = "training_logs"
+EVENTS = "events.jsonl"
+LOG = "training.log"
+METRICS_CSV = "training_metrics.csv"
+SYSTEM_CSV = "system_metrics.csv"
+ERRORS = "training_errors.json"
+PROGRESS = "training_progress.json"
+CONFIG = "training_config.json"
+SUMMARY = "training_summary.json"
+PLOTS = "plots"
+
+_VALID = re.compile(r"^[A-Za-z0-9_.+=@,-][A-Za-z0-9_.+=@, -]*$")
+
+
+class ExperimentError(ValueError):
+    """A bad or unknown experiment name: shown to the user as one line."""
+
+
+def log_dir_default() -> Path:
+    return Path(os.environ.get("TLOG_LOG_DIR") or DEFAULT_LOG_DIR)
+
+
+def validate_name(name: str) -> str:
+    """Refuse names that would escape the log directory or confuse a shell."""
+    if not name or name in (".", "..") or ".." in name or "/" in name or "\\" in name:
+        raise ExperimentError(f"invalid experiment name {name!r}: no path separators or '..'")
+    if not _VALID.match(name) or len(name) > 200:
+        raise ExperimentError(
+            f"invalid experiment name {name!r}: use letters, digits and . _ - + = @ , (at most 200)")
+    return name
+
+
+def create_experiment_dir(log_dir: Path, name: str) -> tuple[Path, bool]:
+    """Claim ``log_dir/name`` or the next free ``name-N``; True when a suffix was needed."""
+    validate_name(name)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = log_dir / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate, n > 1
+    raise ExperimentError(f"no free experiment name left for {name!r} in {log_dir}")
+
+
+def is_experiment(path: Path) -> bool:
+    return (path / EVENTS).is_file()
+
+
+def started_at(exp_dir: Path) -> float:
+    """Time of the first event; the directory's mtime if it has none yet."""
+    try:
+        with open(exp_dir / EVENTS, "rb") as f:
+            first = f.readline()
+        match = re.search(rb'"t":\s*([0-9.]+)', first)
+        if match:
+            return float(match.group(1))
+    except OSError:
+        pass
+    try:
+        return exp_dir.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def list_experiments(log_dir: Path) -> list[Path]:
+    """Experiments in ``log_dir``, newest first."""
+    try:
+        dirs = [p for p in log_dir.iterdir() if p.is_dir() and is_experiment(p)]
+    except OSError:
+        return []
+    return sorted(dirs, key=started_at, reverse=True)
+
+
+def resolve(exp: str | None, log_dir: Path) -> Path:
+    """A name in ``log_dir``, a path to an experiment directory, or (None) the newest one."""
+    if exp is None:
+        found = list_experiments(log_dir)
+        if not found:
+            raise ExperimentError(f"no experiments in {log_dir}")
+        return found[0]
+    as_path = Path(exp)
+    if is_experiment(as_path):
+        return as_path
+    if "/" not in exp and exp not in (".", ".."):
+        candidate = log_dir / exp
+        if is_experiment(candidate):
+            return candidate
+    raise ExperimentError(f"unknown experiment {exp!r} (looked in {log_dir})")

@@ -1,0 +1,95 @@
+"""Streaming readers of an experiment directory: never the whole history in memory.
+
+A reader may run while the supervisor appends, or after a crash left a half
+line at the end: an incomplete or malformed line is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tlog import protocol
+from tlog.store import layout
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class ReadStats:
+    """What a read skipped, so reports can say so instead of hiding it."""
+
+    malformed: int = 0
+    partial_tail: bool = False
+
+
+def iter_events(exp_dir: Path, stats: ReadStats | None = None) -> Iterator[dict]:
+    """Every complete, well-formed event of ``events.jsonl``, in order."""
+    stats = stats if stats is not None else ReadStats()
+    loads = protocol.loads
+    for line, complete in _lines(exp_dir / layout.EVENTS):
+        if not complete:
+            stats.partial_tail = True
+            return
+        try:
+            event = loads(line)
+        except (protocol.JSONDecodeError, ValueError):
+            stats.malformed += 1
+            continue
+        if event.__class__ is dict and "kind" in event and event.get("data").__class__ is dict:
+            yield event
+        else:
+            stats.malformed += 1
+
+
+def _lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return
+    with f:
+        rest = b""
+        while chunk := f.read(CHUNK):
+            parts = (rest + chunk).split(b"\n")
+            rest = parts.pop()
+            for part in parts:
+                if part:
+                    yield part, True
+        if rest.strip():
+            yield rest, False
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """A small JSON file of the directory, or ``default`` when missing or corrupt."""
+    try:
+        return protocol.loads(path.read_bytes())
+    except (OSError, protocol.JSONDecodeError, ValueError):
+        return default
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV, dropping a half-written last row."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    complete = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(complete.splitlines())
+    return [row for row in reader if None not in row]
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` complete lines of a text file, read from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 256 * max(n, 1)))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[-n:]

@@ -1,0 +1,186 @@
+"""The single writer of an experiment directory.
+
+Every event is appended to events.jsonl (the source of truth) and folded into
+the seed's files.  Files are appended and flushed in batches (``flush`` is
+called once per chunk read from the child); the small JSON files are replaced
+atomically, errors and config when they change, progress and the live summary
+at most once a second.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tlog import protocol
+from tlog.store import layout
+from tlog.store.csvfile import CsvTable
+from tlog.store.metrics_rows import MetricsRows
+from tlog.store.summary import SummaryBuilder
+
+PROGRESS_EVERY_S = 1.0
+SUMMARY_EVERY_S = 5.0
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Replace ``path`` atomically, so a reader never sees half a document."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(protocol.dumps(obj))
+    os.replace(tmp, path)
+
+
+def log_line(t: float, tag: str, text: str) -> str:
+    """``2026-11-30 12:00:00.123 | text``: tag '|' stdout, '!' stderr, '[tlog]' tlog."""
+    return f"{datetime.fromtimestamp(t).isoformat(' ', 'milliseconds')} {tag} {text}\n"
+
+
+class ExperimentWriter:
+    def __init__(self, exp_dir: str | Path, experiment: str | None = None) -> None:
+        self.dir = Path(exp_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.experiment = experiment or self.dir.name
+        self._lock = threading.Lock()
+        self._events = open(self.dir / layout.EVENTS, "ab")  # noqa: SIM115 - closed in close()
+        self._log = open(self.dir / layout.LOG, "a", encoding="utf-8")  # noqa: SIM115
+        self.rows = MetricsRows(CsvTable(self.dir / layout.METRICS_CSV, MetricsRows.COLUMNS))
+        self._system: CsvTable | None = None
+        self.summary = SummaryBuilder(self.experiment)
+        self.errors: list[dict] = []
+        self.config: dict[str, Any] = {}
+        self.progress: dict[str, Any] = {"experiment": self.experiment, "status": "running"}
+        self.phases: deque[dict] = deque(maxlen=50)
+        self._next_progress = 0.0
+        self._next_summary = 0.0
+        self.closed = False
+
+    # -- events ---------------------------------------------------------------------
+    def write_events(self, events: Iterable[dict]) -> None:
+        """Append events and fold them into the derived files."""
+        with self._lock:
+            if self.closed:
+                return
+            dumps, write = protocol.dumps, self._events.write
+            for event in events:
+                write(dumps(event) + b"\n")
+                self.summary.add(event)
+                self._fold(event)
+
+    def _fold(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "metrics":
+            self.rows.add(event)
+        elif kind == "system":
+            self._system_row(event)
+        elif kind in ("phase", "checkpoint"):
+            self.phases.append({"kind": kind, "t": event["t"], "step": event.get("step"),
+                                "epoch": event.get("epoch"), **event["data"]})
+            self._track(event)
+        elif kind == "config":
+            self.config.update(event["data"])
+            write_json(self.dir / layout.CONFIG, self.config)
+        elif kind == "error":
+            self.errors.append(event["data"])
+            write_json(self.dir / layout.ERRORS, self.errors)
+        elif kind == "attempt":
+            self.progress["status"] = self.summary.status
+            self.progress["attempt"] = event["data"].get("attempt")
+
+    def _track(self, event: dict) -> None:
+        progress = self.progress
+        for key in ("step", "epoch", "batch"):
+            value = event.get(key)
+            if value is not None:
+                progress[key] = value
+        if event["kind"] == "phase":
+            progress["phase"] = event["data"].get("phase")
+
+    def position(self) -> dict[str, Any]:
+        """Where the run is now: step, epoch, batch of the newest row, and the last reported phase."""
+        with self._lock:
+            row = self.rows.pending or self.rows.last_row or {}
+            pos = {key: row.get(key) for key in ("step", "epoch", "batch")}
+            pos["phase"] = self.progress.get("phase")
+            return pos
+
+    def _system_row(self, event: dict) -> None:
+        data = event["data"]
+        if self._system is None:
+            self._system = CsvTable(self.dir / layout.SYSTEM_CSV, ["timestamp", *data])
+        self._system.append({"timestamp": _iso(event["t"]), **data})
+        self.rows.resources(data)
+
+    # -- output ---------------------------------------------------------------------
+    def write_output(self, tag: str, lines: Iterable[str], t: float | None = None) -> None:
+        """The script's own lines (tag '|' or '!'), timestamped into training.log."""
+        t = time.time() if t is None else t
+        with self._lock:
+            if not self.closed:
+                self._log.writelines(log_line(t, tag, line) for line in lines)
+
+    def message(self, text: str) -> None:
+        """tlog's own message, for training.log."""
+        self.write_output("[tlog]", [text])
+
+    # -- persistence ----------------------------------------------------------------
+    def flush(self) -> None:
+        """End of a batch: push buffers to the OS, refresh the small JSON files when due."""
+        with self._lock:
+            if self.closed:
+                return
+            self._events.flush()
+            self._log.flush()
+            self.rows.flush()
+            if self._system is not None:
+                self._system.flush()
+            now = time.monotonic()
+            if now >= self._next_progress:
+                self._next_progress = now + PROGRESS_EVERY_S
+                self._write_progress()
+            if now >= self._next_summary:
+                self._next_summary = now + SUMMARY_EVERY_S
+                write_json(self.dir / layout.SUMMARY, self.summary.result())
+
+    def _write_progress(self) -> None:
+        """Position from the newest metrics row (kept per event by MetricsRows, read here once a second)."""
+        row = self.rows.pending or self.rows.last_row
+        if row is not None:
+            for key in ("step", "epoch", "batch", "total_batches"):
+                if row.get(key) is not None:
+                    self.progress[key] = row[key]
+            self.progress["updated"] = row.get("_t") or row.get("timestamp")
+        self.progress["phases"] = list(self.phases)
+        self.progress["written"] = time.time()
+        write_json(self.dir / layout.PROGRESS, self.progress)
+
+    def close(self, status: str | None = None) -> dict:
+        """Flush everything, write the final summary; returns it."""
+        with self._lock:
+            if self.closed:
+                return self.summary.result()
+            self.rows.close()
+            if self._system is not None:
+                self._system.close()
+            if status is not None:
+                self.summary.status = status
+            self.progress["status"] = self.summary.status
+            self._write_progress()
+            result = self.summary.result()
+            write_json(self.dir / layout.SUMMARY, result)
+            if not (self.dir / layout.ERRORS).exists():
+                write_json(self.dir / layout.ERRORS, self.errors)
+            if not (self.dir / layout.CONFIG).exists():
+                write_json(self.dir / layout.CONFIG, self.config)
+            self._events.close()
+            self._log.close()
+            self.closed = True
+            return result
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t).isoformat(timespec="milliseconds")

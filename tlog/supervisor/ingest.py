@@ -1,0 +1,162 @@
+"""Read one of the child's pipes: split events from output, hand both on.
+
+One thread per pipe, blocking on ``os.read`` (no polling).  Work is done per
+chunk, not per line: the events of a chunk go to the writer in one call and
+are flushed once, which is what lets ingest keep up with a flooding child.
+
+Output is echoed to the terminal as soon as it is known not to be an event,
+partial lines included (prompts, tqdm bars), and reaches training.log as whole
+lines, with carriage-return progress collapsed to its final state.  An event
+written after a partial line of output is cut out of it; the output around it
+is joined back into one line for the log.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from tlog import protocol
+
+READ_SIZE = 1 << 16
+MAX_LINE = 1 << 20
+_MARKER_LEN = len(protocol.MARKER)
+
+OnEvents = Callable[[list[dict]], None]
+OnOutput = Callable[[str, list[str]], None]
+
+
+class Terminal(Protocol):
+    """Where the script's output goes on screen; events never reach it."""
+
+    def passthrough(self, stream: str, data: bytes) -> None: ...
+
+
+def log_text(raw: bytes) -> str:
+    """A complete output line as training.log keeps it: decoded, final state of any \\r updates."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if b"\r" in raw:
+        raw = raw.rsplit(b"\r", 1)[-1]
+    return raw.decode("utf-8", "replace")
+
+
+class LineSplitter:
+    """The parsing state of one stream, independent of threads and files (tested alone)."""
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self.echoed = 0
+        self.carry = b""
+        self.malformed = 0
+
+    def feed(self, chunk: bytes) -> tuple[list[dict], list[bytes], bytes]:
+        """Events, complete output lines (for the log) and bytes to echo, for one chunk."""
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        events: list[dict] = []
+        out: list[bytes] = []
+        echo: list[bytes] = []
+        for raw in lines:
+            self._line(raw, events, out, echo)
+        if len(self.partial) > MAX_LINE and protocol.find_marker(self.partial) < 0:
+            self._line(self.partial, events, out, echo)
+            self.partial = b""
+        else:
+            self._echo_partial(echo)
+        return events, out, b"".join(echo)
+
+    def finish(self) -> tuple[list[dict], list[bytes], bytes]:
+        """End of stream: a last line without newline still counts."""
+        events: list[dict] = []
+        out: list[bytes] = []
+        echo: list[bytes] = []
+        if self.partial:
+            raw, self.partial = self.partial, b""
+            self._line(raw, events, out, echo)
+            if echo and echo[-1].endswith(b"\n"):
+                echo[-1] = echo[-1][:-1]  # the script never printed that newline
+        if self.carry:
+            out.append(self.carry)
+            self.carry = b""
+        return events, out, b"".join(echo)
+
+    def _line(self, raw: bytes, events: list[dict], out: list[bytes], echo: list[bytes]) -> None:
+        i = protocol.find_marker(raw)
+        if i >= 0:
+            prefix = raw[: i - 1] if i else b""
+            try:
+                events.append(protocol.decode(raw[i + _MARKER_LEN:]))
+            except protocol.WireError:
+                self.malformed += 1
+                i = -1
+                raw = raw.replace(protocol.SEP, b"")
+            else:
+                if len(prefix) > self.echoed:
+                    echo.append(prefix[self.echoed:])
+                self.echoed = 0
+                self.carry += prefix
+                return
+        echo.append(raw[self.echoed:] + b"\n")
+        self.echoed = 0
+        out.append(self.carry + raw if self.carry else raw)
+        self.carry = b""
+
+    def _echo_partial(self, echo: list[bytes]) -> None:
+        """Echo the unfinished line now, except anything that may be the start of an event."""
+        tail = self.partial
+        if not tail:
+            return
+        cut = tail.find(protocol.SEP)
+        safe = len(tail) if cut < 0 else cut
+        if self.echoed == 0 and protocol.MARKER.startswith(tail[:_MARKER_LEN]):
+            safe = 0
+        if safe > self.echoed:
+            echo.append(tail[self.echoed:safe])
+            self.echoed = safe
+
+
+class StreamReader(threading.Thread):
+    """Drains one pipe until EOF."""
+
+    def __init__(self, fd: int, stream: str, on_events: OnEvents, on_output: OnOutput,
+                 terminal: Terminal | None, on_chunk_done: Callable[[], None]) -> None:
+        super().__init__(name=f"tlog-{stream}", daemon=True)
+        self.fd = fd
+        self.stream = stream
+        self.on_events = on_events
+        self.on_output = on_output
+        self.terminal = terminal
+        self.on_chunk_done = on_chunk_done
+        self.splitter = LineSplitter()
+        self.tail: deque[str] = deque(maxlen=200)
+        self.events = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while chunk := os.read(self.fd, READ_SIZE):
+                self._handle(*self.splitter.feed(chunk))
+            self._handle(*self.splitter.finish())
+        except Exception as exc:  # noqa: BLE001 - recorded; the supervisor reports it once
+            self.error = exc
+        finally:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+    def _handle(self, events: list[dict], out: list[bytes], echo: bytes) -> None:
+        if echo and self.terminal is not None:
+            self.terminal.passthrough(self.stream, echo)
+        if out:
+            lines = [log_text(raw) for raw in out]
+            self.tail.extend(lines)
+            self.on_output(self.stream, lines)
+        if events:
+            self.events += len(events)
+            self.on_events(events)
+        self.on_chunk_done()

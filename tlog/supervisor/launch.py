@@ -1,0 +1,148 @@
+"""Spawn the child, forward signals to its process group, and read its exit.
+
+The child gets its own session, so a Ctrl-C in the terminal reaches tlog
+alone; tlog forwards it to the whole group (DataLoader workers included),
+waits ``grace`` seconds, then kills the group.  A second Ctrl-C kills at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tlog
+
+BOOT_DIR = Path(tlog.__file__).resolve().parent / "hook" / "boot"
+PKG_DIR = Path(tlog.__file__).resolve().parent.parent
+
+
+class LaunchError(Exception):
+    """The child cannot be started (missing script or command): one line for the user."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to run: a Python script under tlog's interpreter, or any command."""
+
+    argv: tuple[str, ...]
+    is_script: bool
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def script_argv(script: str, args: list[str]) -> tuple[str, ...]:
+    if not os.path.isfile(script):
+        raise LaunchError(f"no such script: {script}", 2)
+    return (sys.executable, "-u", script, *args)
+
+
+def command_argv(command: list[str]) -> tuple[str, ...]:
+    if not command:
+        raise LaunchError("nothing to run: give a script, or a command after --", 2)
+    program = command[0]
+    if os.sep in program:
+        if not os.access(program, os.X_OK):
+            raise LaunchError(f"cannot execute {program}: not found or not executable", 127)
+    elif shutil.which(program) is None:
+        raise LaunchError(f"command not found: {program}", 127)
+    return tuple(command)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment that tells the hook it is supervised and lets it load."""
+    env = dict(os.environ)
+    env.pop("TLOG_RESUME_CHECKPOINT", None)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + path if path else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TLOG_SUPERVISED"] = "1"
+    env["TLOG_PKG_DIR"] = str(PKG_DIR)
+    env.update(extra)
+    return env
+
+
+def spawn(spec: ChildSpec) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(spec.argv, env=spec.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=None, bufsize=0, start_new_session=True)
+    except OSError as exc:
+        raise LaunchError(f"cannot start {spec.argv[0]}: {exc.strerror or exc}", 127) from None
+
+
+def exit_status(returncode: int) -> tuple[int, int | None]:
+    """(shell-style exit code, signal number or None): 128+N when killed by signal N."""
+    if returncode < 0:
+        return 128 - returncode, -returncode
+    return returncode, None
+
+
+def signal_name(signum: int | None) -> str:
+    if signum is None:
+        return ""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class GroupSignaller:
+    """Forwards signals to the child's process group with one grace deadline."""
+
+    def __init__(self, pid: int, grace: float, on_message: callable) -> None:
+        self.pid = pid
+        self.grace = grace
+        self.say = on_message
+        self.forwarded: int | None = None
+        self._timer: threading.Timer | None = None
+
+    def forward(self, signum: int) -> None:
+        """First signal: pass it on and arm the deadline; a second one kills now."""
+        if self.forwarded is None:
+            self.forwarded = signum
+            self.say(f"received {signal_name(signum)}: forwarded to the run; "
+                     f"killing it in {self.grace:g} s if it has not exited")
+            self._send(signum)
+            self._timer = threading.Timer(self.grace, self.kill)
+            self._timer.daemon = True
+            self._timer.start()
+        else:
+            self.say(f"received {signal_name(signum)} again: killing the run now")
+            self.kill()
+
+    def kill(self) -> None:
+        self._send(signal.SIGKILL)
+
+    def _send(self, signum: int) -> None:
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def install_handlers(handler: callable) -> dict[int, object]:
+    """Route SIGINT/SIGTERM/SIGHUP to ``handler``; returns the previous handlers."""
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[signum] = signal.signal(signum, lambda s, _f: handler(s))
+        except (ValueError, OSError):
+            pass
+    return previous
+
+
+def restore_handlers(previous: dict[int, object]) -> None:
+    for signum, old in previous.items():
+        signal.signal(signum, old)
