@@ -77,7 +77,7 @@ def test_render_shows_the_run(width: int) -> None:
     text = text_of(render(make_state(), width, now=T0 + 30), width)
     assert "resnet-cifar" in text
     assert "python train.py --lr 0.1" in text
-    assert "attempt 1/3" in text and "running" in text and "elapsed 0:00:30" in text
+    assert "attempt 1 of 3" in text and "running" in text and "elapsed 0:00:30" in text
     assert "4/5" in text  # steps 150..199 are epoch index 3: the fourth of five
     assert "49/50" in text and "step/s" in text and "ETA" in text
     latest, best = "0.1826", "0.1826"  # loss at step 199, the lowest so far

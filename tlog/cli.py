@@ -133,6 +133,17 @@ def plot(
     typer.echo(f"plot written to {path}")
 
 
+@app.command()
+def watch(exp: Exp = None, log_dir: LogDir = DEFAULT_LOG_DIR,
+          refresh: Annotated[float, typer.Option(help="Panel refreshes per second.")] = 4.0) -> None:
+    """The live panel of a run started elsewhere, from its experiment directory, until it ends."""
+    from rich.console import Console
+
+    from tlog.views.watch import watch_experiment
+
+    raise typer.Exit(watch_experiment(_resolve(exp, log_dir), Console(), refresh_hz=refresh))
+
+
 @app.command("ls")
 def list_runs(log_dir: LogDir = DEFAULT_LOG_DIR, as_json: AsJson = False) -> None:
     """Experiments in the log dir, newest first."""

@@ -126,7 +126,8 @@ class Session:
             self.display.lines(stream, lines)
 
     def on_sample(self, row: dict) -> None:
-        self.emit("system", row)
+        if row.get("nprocs"):  # a reading after the child is gone says nothing about the run
+            self.emit("system", row)
 
     def on_warning(self, warning: dict) -> None:
         self.emit("warning", warning)

@@ -121,7 +121,7 @@ def _header(s: ViewState, now: float) -> list[Text]:
     status = s.status
     line = _line((f"● {status}", STATUS_STYLES.get(status, "bold red")))
     if s.attempt is not None:
-        line.append(f"  attempt {s.attempt}/{s.max_attempts if s.max_attempts else 'n/a'}")
+        line.append(f"  attempt {s.attempt}" + (f" of {s.max_attempts}" if s.max_attempts else ""))
     if status == "restarting" and s.restart:
         delay = s.restart.get("delay_s")
         when = f" in {delay:.0f}s" if isinstance(delay, int | float) else ""
