@@ -58,20 +58,34 @@ class PlainDisplay(Display):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._broken = False
+        self._mid_line = False
 
     def passthrough(self, stream: str, data: bytes) -> None:
-        if self._broken:
+        if self._broken or not data:
             return
         fd = 1 if stream == "stdout" else 2
+        if fd == 2:
+            self._mid_line = not data.endswith(b"\n")
         try:
             while data:
                 data = data[os.write(fd, data):]
         except OSError:
             self._broken = True  # our stdout went away (closed pipe): the run itself goes on
 
+    def message(self, text: str) -> None:
+        self._line(f"[tlog] {text}")
+
+    def _line(self, text: str) -> None:
+        """On a line of its own, even when the script left a partial line (a progress bar) on stderr."""
+        if self._mid_line:
+            self._mid_line = False
+            text = "\n" + text
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
     def _loop(self) -> None:
         while not self._stop.wait(self.status_every):
-            self.message(status_line(self.state))
+            self._line(status_line(self.state))
 
     def __enter__(self) -> PlainDisplay:
         if self.status_every > 0:

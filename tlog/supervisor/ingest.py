@@ -3,6 +3,9 @@
 One thread per pipe, blocking on ``os.read`` (no polling).  Work is done per
 chunk, not per line: the events of a chunk go to the writer in one call and
 are flushed once, which is what lets ingest keep up with a flooding child.
+After a small read the thread waits 10 ms before reading again, so a child
+logging a thousand small events a second is handled in tens of batches rather
+than a thousand wake-ups; a flooding child fills whole reads and never waits.
 
 Output is echoed to the terminal as soon as it is known not to be an event,
 partial lines included (prompts, tqdm bars), and reaches training.log as whole
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -22,6 +26,8 @@ from typing import Protocol
 from tlog import protocol
 
 READ_SIZE = 1 << 16
+SMALL_READ = 1 << 12
+COALESCE_S = 0.01
 MAX_LINE = 1 << 20
 _MARKER_LEN = len(protocol.MARKER)
 
@@ -140,6 +146,8 @@ class StreamReader(threading.Thread):
         try:
             while chunk := os.read(self.fd, READ_SIZE):
                 self._handle(*self.splitter.feed(chunk))
+                if len(chunk) < SMALL_READ:
+                    time.sleep(COALESCE_S)
             self._handle(*self.splitter.finish())
         except Exception as exc:  # noqa: BLE001 - recorded; the supervisor reports it once
             self.error = exc
