@@ -30,7 +30,10 @@ def run_child(child: str, *args: str, under_tlog: bool, tlog_args: tuple[str, ..
         else:
             cmd = [sys.executable, "-u", script, *args]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env={**env(), "BENCH_OUT": str(out)}, stdout=subprocess.DEVNULL)
+        res = subprocess.run(cmd, env={**env(), "BENCH_OUT": str(out)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr}")
         wall = time.perf_counter() - t0
         return json.loads(out.read_text()), wall
 

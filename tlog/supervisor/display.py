@@ -24,6 +24,7 @@ class Display:
     """Base: the view-state every display folds events into, and tlog's own messages."""
 
     wants_lines = False
+    wants_state = True
 
     def __init__(self, state: ViewState) -> None:
         self.state = state
@@ -46,7 +47,9 @@ class Display:
 
 
 class QuietDisplay(Display):
-    """--quiet: tlog's messages only."""
+    """--quiet: tlog's messages only, so the view-state need not be kept."""
+
+    wants_state = False
 
 
 class PlainDisplay(Display):
@@ -86,6 +89,10 @@ class PlainDisplay(Display):
     def _loop(self) -> None:
         while not self._stop.wait(self.status_every):
             self._line(status_line(self.state))
+
+    @property
+    def wants_state(self) -> bool:
+        return self.status_every > 0
 
     def __enter__(self) -> PlainDisplay:
         if self.status_every > 0:

@@ -116,9 +116,10 @@ class Session:
             if event["kind"] == "crash":
                 self.crash = event
         self.writer.write_events(events)
-        apply = self.state.apply
-        for event in events:
-            apply(event)
+        if self.display.wants_state:
+            apply = self.state.apply
+            for event in events:
+                apply(event)
 
     def on_output(self, stream: str, lines: list[str]) -> None:
         self.writer.write_output("|" if stream == "stdout" else "!", lines)
