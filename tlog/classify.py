@@ -2,37 +2,17 @@
 
 Pure functions over text and numbers, standard library only: this runs in the supervisor's crash path,
 where importing anything heavy (or failing) would lose the diagnosis.  The knowledge lives in
-``tlog.classify_rules``; this module parses tracebacks out of noisy output and applies the rules.
+``tlog.classify_rules``, text layout in ``tlog.classify_parse``; this module applies the rules, decides
+the phase, and handles what leaves no traceback (SIGKILL and other signals, hangs).
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import signal as _signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tlog import classify_rules as R
-
-_TB_START = re.compile(r"^(?P<prefix>.*?)(?:Original )?Traceback \(most recent call last\):\s*$")
-_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S.*?)\s*$')
-_FH_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-_PYSPY_FRAME = re.compile(r"^\s+(?P<func>\S+) \((?P<file>[^()]+):(?P<line>\d+)\)\s*$")
-_CHAIN = re.compile(r"During handling of the above exception|The above exception was the direct cause")
-_EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<msg>.*))?$")
-_STRAY_EXC = re.compile(r"(?:^|[\s\]\)>:|])(?P<type>(?:[A-Za-z_]\w*\.)*_?[A-Z]\w*(?:Error|Exception|Interrupt|"
-                        r"BadZipFile|Unsupported))(?::\s(?P<msg>.*)|\s*$)")
-_EXC_NAME = re.compile(r"(?:^|\.)(?:_?[A-Z]\w*|\w*(?:error|timeout))$")
-_STOP = re.compile(r"^(?:[\w.-]+: |\[|\d{4}-\d\d-\d\d|\s*\d+%\|)")
-_FATAL = re.compile(r"Fatal Python error: (?P<msg>.+)")
-_THREAD = re.compile(r"^(?P<current>Current thread|Thread) (?:0x[0-9a-fA-F]+|\d+).*:\s*$")
-_TERMINATE = re.compile(r"terminate called after throwing an instance of '(?P<type>[^']+)'")
-_WHAT = re.compile(r"^\s*what\(\):\s*(?P<msg>.*)$")
-_LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|/lib/Python\d|<frozen|^<|/usr/lib/")
-_WRAPPERS = re.compile(r"in DataLoader worker process|ChildFailedError|ProcessRaisedException|ProcessExitedException")
-_RANK_PREFIX = re.compile(r"^\s*\[?(?:rank|RANK)?\s*\d+\]?:")
-_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f]")
-_MAX_MESSAGE_LINES = 60
+from tlog.classify_parse import CONTROL, WRAPPERS, Exc, Frame, parse, parse_stack, rx
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,170 +52,10 @@ class Diagnosis:
                 "cause": self.cause, "evidence": list(self.evidence), "rule": self.rule}
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    file: str
-    line: int
-    func: str
-    source: str = ""
-
-    @property
-    def key(self) -> str:
-        """One string per frame so rules can match path, function and code with a single regex."""
-        return f"{self.file.replace(chr(92), '/')}|{self.func}|{self.source}"
-
-    @property
-    def user(self) -> bool:
-        return not _LIBRARY.search(self.file.replace("\\", "/"))
-
-    def short(self) -> str:
-        name = self.file.replace("\\", "/").rsplit("/", 1)[-1]
-        return f"{name}:{self.line} in {self.func}"
-
-
-@dataclass(slots=True)
-class Exc:
-    type: str
-    message: str
-    where: str
-    frames: list[Frame] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return f"{self.type}: {self.message}" if self.message else self.type
-
-    @property
-    def short_type(self) -> str:
-        return self.type.rsplit(".", 1)[-1].rsplit("::", 1)[-1]
-
-    def site(self) -> Frame | None:
-        """The deepest frame in the user's own code: where a practitioner would start reading."""
-        return next((f for f in reversed(self.frames) if f.user), None)
-
-
-@functools.cache
-def _rx(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
-# ---------------------------------------------------------------- parsing
-
-def _stripper(prefix: str):
-    """Lines of one traceback share its prefix ("[rank0]:", a timestamp); digits may vary between lines."""
-    loose = re.compile(re.sub(r"\d+", r"\\d+", re.escape(prefix))) if prefix.strip() else None
-
-    def strip(line: str) -> str | None:
-        if line.startswith(prefix):
-            return line[len(prefix):]
-        m = loose.match(line) if loose else None
-        if m:
-            return line[m.end():]
-        return None if _RANK_PREFIX.match(line) else line
-    return strip
-
-
-def _exception_line(body: str) -> tuple[str, str] | None:
-    m = _EXC_LINE.match(body)
-    if not m or body[:1].isspace():
-        return None
-    name = m.group("type")
-    if m.group("msg") is None and not _EXC_NAME.search(name):
-        return None
-    if m.group("msg") is not None and not (_EXC_NAME.search(name) or "." in name):
-        return None
-    return name, m.group("msg") or ""
-
-
-def _continuation(lines: list[str], i: int, strip) -> tuple[str, int]:
-    """Message lines after the exception line: C++ frames, hints, state-dict key lists."""
-    extra: list[str] = []
-    while i < len(lines) and len(extra) < _MAX_MESSAGE_LINES:
-        body = strip(lines[i])
-        if body is None or not body.strip() or _TB_START.match(body) or _CHAIN.search(body) or _STOP.match(body):
-            break
-        extra.append(body.rstrip())
-        i += 1
-    return "\n".join(extra), i
-
-
-def _read_traceback(lines: list[str], i: int, prefix: str, label: str) -> tuple[Exc | None, int]:
-    strip, frames, foreign = _stripper(prefix), [], 0
-    while i < len(lines) and foreign < 20:
-        body = strip(lines[i])
-        if body is None or not body.strip():
-            foreign += body is None
-            i += 1
-            continue
-        fm = _FRAME.match(body)
-        if fm:
-            frames.append(Frame(fm["file"], int(fm["line"]), fm["func"]))
-            i += 1
-            continue
-        exc = _exception_line(body)
-        if exc is None:
-            if frames and not frames[-1].source and not set(body.strip()) <= set("^~ "):
-                frames[-1] = Frame(frames[-1].file, frames[-1].line, frames[-1].func, body.strip())
-            i += 1
-            continue
-        rest, end = _continuation(lines, i + 1, strip)
-        message = exc[1] + ("\n" + rest if rest else "")
-        return Exc(exc[0], message, f"{label} line {i + 1}", frames), end
-    return None, i
-
-
-def _read_faulthandler(lines: list[str], i: int, label: str) -> tuple[Exc, int]:
-    """'Fatal Python error: X' plus the crashing thread's frames (most recent first, so reversed)."""
-    exc = Exc("Fatal Python error", _FATAL.search(lines[i])["msg"].strip(), f"{label} line {i + 1}")
-    blocks = [j for j in range(i + 1, min(len(lines), i + 400)) if _THREAD.match(lines[j].strip())]
-    current = [j for j in blocks if lines[j].strip().startswith("Current")]
-    start = (current or blocks or [len(lines)])[0] + 1
-    j = start
-    while j < len(lines) and (m := _FH_FRAME.match(lines[j])):
-        exc.frames.insert(0, Frame(m["file"], int(m["line"]), m["func"]))
-        j += 1
-    return exc, (j if start > i + 1 else i + 1)
-
-
-def _read_stray(lines: list[str], i: int, label: str) -> tuple[Exc | None, int]:
-    """An exception line outside any traceback (pasted excerpts, log lines, C++ terminate messages)."""
-    line = lines[i]
-    if m := _FATAL.search(line):
-        return _read_faulthandler(lines, i, label)
-    if (m := _TERMINATE.search(line)) and i + 1 < len(lines) and (w := _WHAT.match(lines[i + 1])):
-        rest, end = _continuation(lines, i + 2, lambda s: s)
-        return Exc(m["type"], w["msg"] + ("\n" + rest if rest else ""), f"{label} line {i + 1}"), end
-    m = _STRAY_EXC.search(line)
-    if not m:
-        return None, i + 1
-    j, extra = i + 1, []
-    while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() and not _FRAME.match(lines[j]):
-        extra.append(lines[j].strip())
-        j += 1
-    message = (m["msg"] or "") + ("\n" + "\n".join(extra) if extra else "")
-    return Exc(m["type"], message, f"{label} line {i + 1}"), j
-
-
-def parse(text: str, label: str = "text") -> list[Exc]:
-    """All exceptions in a blob of output, root cause first: chains oldest first, and an exception
-    re-raised by a wrapper (DataLoader worker, torchrun, mp.spawn) after the original it wraps."""
-    lines = _CONTROL.sub("", text).splitlines()
-    found: list[Exc] = []
-    i = 0
-    while i < len(lines):
-        tb = _TB_START.match(lines[i])
-        if tb or _FRAME.match(lines[i]):
-            prefix = tb["prefix"] if tb else ""
-            exc, i = _read_traceback(lines, i + 1 if tb else i, prefix, label)
-        else:
-            exc, i = _read_stray(lines, i, label)
-        if exc is not None:
-            found.append(exc)
-    return sorted(found, key=lambda e: bool(_WRAPPERS.search(e.text)))
-
-
 # ---------------------------------------------------------------- phase
 
 def normalise_phase(phase: str | None) -> str | None:
+    """Probes and people spell phases differently ("backward", "eval"); rules and views want one name."""
     if not phase:
         return None
     key = phase.strip().lower().replace("-", "_").replace(" ", "_")
@@ -247,7 +67,7 @@ def infer_phase(frames: list[Frame]) -> tuple[str | None, Frame | None]:
     weak: tuple[str, Frame] | None = None
     for frame in reversed(frames):
         key = frame.key
-        hit = next(((p, s) for p, s, rx in R.FRAME_PHASES if _rx(rx).search(key)), None)
+        hit = next(((p, s) for p, s, pattern in R.FRAME_PHASES if rx(pattern).search(key)), None)
         if hit and hit[1]:
             return hit[0], frame
         if hit and weak is None:
@@ -259,15 +79,15 @@ def infer_phase(frames: list[Frame]) -> tuple[str | None, Frame | None]:
 
 def _exc_matches(rule: R.Rule, exc: Exc) -> bool:
     """Type or message selects; frames and site narrow.  A rule with no condition at all matches anything."""
-    if rule.frames and not any(_rx(rule.frames).search(f.key) for f in exc.frames):
+    if rule.frames and not any(rx(rule.frames).search(f.key) for f in exc.frames):
         return False
     if rule.site:
         site = exc.site()
-        if site is None or not _rx(rule.site).search(site.key):
+        if site is None or not rx(rule.site).search(site.key):
             return False
     if not (rule.types or rule.message):
         return not rule.line
-    return exc.short_type in rule.types or bool(rule.message and _rx(rule.message).search(exc.text))
+    return exc.short_type in rule.types or bool(rule.message and rx(rule.message).search(exc.text))
 
 
 def _match(excs: list[Exc], lines: list[tuple[str, str]]) -> tuple[R.Rule, Exc | None, str, str] | None:
@@ -279,7 +99,7 @@ def _match(excs: list[Exc], lines: list[tuple[str, str]]) -> tuple[R.Rule, Exc |
         line_rx = rule.line or ("" if excs else rule.message)
         if line_rx:
             for where, line in lines:
-                if _rx(line_rx).search(line):
+                if rx(line_rx).search(line):
                     return rule, None, where, line.strip()
     return None
 
@@ -299,8 +119,8 @@ def _human_bytes(n: float) -> str:
 
 def _facts(rule: R.Rule, text: str) -> str:
     out: list[str] = []
-    for template, rx in rule.facts:
-        m = _rx(rx).search(text)
+    for template, pattern in rule.facts:
+        m = rx(pattern).search(text)
         if m:
             value = m.group(1)
             out.append(template.replace("{bytes}", _human_bytes(int(value))) if "{bytes}" in template
@@ -369,26 +189,20 @@ def _death_signal(record: FailureRecord) -> int | None:
 
 
 def _memory(samples: tuple[dict, ...]) -> tuple[float | None, str, str]:
-    """(RSS/limit at the end, short timeline for the cause, full timeline for the evidence)."""
-    rows = [s for s in samples if isinstance(s.get("rss_bytes"), (int, float))][-6:]
+    """(RSS/limit at the end, short trend for the cause, timeline of the last samples for the evidence)."""
+    rows = [s for s in samples if isinstance(s, dict) and isinstance(s.get("rss_bytes"), (int, float))][-6:]
     if not rows:
         return None, "", ""
     limit = next((s.get("mem_limit_bytes") or s.get("mem_total_bytes") for s in reversed(rows)
                   if s.get("mem_limit_bytes") or s.get("mem_total_bytes")), None)
-    end_t = rows[-1].get("t")
-    points = []
-    for s in rows:
-        t = s.get("t")
-        rel = f"{t - end_t:+.0f}s " if isinstance(t, (int, float)) and isinstance(end_t, (int, float)) else ""
-        points.append(f"{rel}{_human_bytes(s['rss_bytes'])}")
+    times = [s.get("t") if isinstance(s.get("t"), (int, float)) else None for s in rows]
+    points = [(f"{t - times[-1]:+.0f}s " if t is not None and times[-1] is not None else "")
+              + _human_bytes(s["rss_bytes"]) for t, s in zip(times, rows, strict=True)]
     ratio = rows[-1]["rss_bytes"] / limit if limit else None
-    of = f" of the {_human_bytes(limit)} limit" if limit else ""
-    pct = f" ({ratio:.0%})" if ratio is not None else ""
-    span = ""
-    if len(rows) > 1 and isinstance(rows[0].get("t"), (int, float)) and isinstance(end_t, (int, float)):
-        span = f" over the last {end_t - rows[0]['t']:.0f} s"
-    short = "RSS " + "→".join(_human_bytes(s["rss_bytes"]) for s in rows[-3:]) + f"{span}{of}{pct}"
-    return ratio, short, "memory timeline: " + ", ".join(points) + of
+    span = f" over {times[-1] - times[0]:.0f} s" if len(rows) > 1 and None not in (times[0], times[-1]) else ""
+    of = f", {ratio:.0%} of the {_human_bytes(limit)} limit" if limit and ratio is not None else ""
+    short = "RSS " + " → ".join(_human_bytes(s["rss_bytes"]) for s in rows[-3:]) + span + of
+    return ratio, short, "memory timeline: " + ", ".join(points) + (f" (limit {_human_bytes(limit)})" if limit else "")
 
 
 def _killed(record: FailureRecord, excs: list[Exc], lines: list[tuple[str, str]]) -> Diagnosis:
@@ -430,34 +244,14 @@ def _by_exit(record: FailureRecord, sig: int | None, lines: list[tuple[str, str]
 
 # ---------------------------------------------------------------- hangs
 
-def _hang_frames(stack: str) -> list[Frame]:
-    """Frames of the main thread, oldest first, from faulthandler, traceback or py-spy dumps."""
-    blocks: list[tuple[str, list[str]]] = [("", [])]
-    for line in stack.splitlines():
-        if _THREAD.match(line.strip()) or re.match(r"^Thread \d+ \(\w+\)", line.strip()):
-            blocks.append((line, []))
-        else:
-            blocks[-1][1].append(line)
-    named = [b for b in blocks if "MainThread" in b[0]]
-    header, body = named[0] if named else blocks[-1]
-    frames: list[Frame] = []
-    for line in body:
-        if m := _FRAME.match(line) or _FH_FRAME.match(line) or _PYSPY_FRAME.match(line):
-            frames.append(Frame(m["file"], int(m["line"]), m["func"]))
-        elif frames and line.startswith("    ") and not frames[-1].source:
-            frames[-1] = Frame(frames[-1].file, frames[-1].line, frames[-1].func, line.strip())
-    most_recent_first = "most recent call first" in header or bool(_PYSPY_FRAME.match(next(iter(body), "")))
-    return frames[::-1] if most_recent_first or (header and "Thread" in header and "(" in header) else frames
-
-
 def _hang(stack: str, phase: str | None, record: FailureRecord) -> Diagnosis:
-    frames = _hang_frames(stack)
+    frames = parse_stack(stack)
     keys = [(f.key, f) for f in reversed(frames)] or [(line, None) for line in reversed(stack.splitlines())]
     inferred, _ = infer_phase(frames)
     phase = normalise_phase(phase) or inferred
     for key, frame in keys:
-        for name, category, summary, reason, rx in R.HANG_RULES:
-            if _rx(rx).search(key):
+        for name, category, summary, reason, pattern in R.HANG_RULES:
+            if rx(pattern).search(key):
                 at = frame.short() if frame else _head(key)
                 return Diagnosis(category, phase, True,
                                  f"hung: {summary}{_phase_words(phase)}{_position(record)} ({at})",
@@ -480,8 +274,10 @@ def classify(record: FailureRecord) -> Diagnosis:
         events = [Exc(str(c.get("type") or "Exception"), str(c.get("message") or ""), "crash event chain")
                   for c in record.chain if isinstance(c, dict)]
         events.append(Exc(record.exc_type, record.message or "", "crash event"))
-        excs = sorted(events + excs, key=lambda e: bool(_WRAPPERS.search(e.text)))
-    lines = [(f"stderr line {n}", t) for n, t in enumerate(_CONTROL.sub("", record.stderr_tail or "").splitlines(), 1)]
+        for event in events:  # the hook's event carries no frames; borrow them from its printed traceback
+            event.frames = next((e.frames for e in excs if e.short_type == event.short_type and e.frames), [])
+        excs = sorted(events + excs, key=lambda e: bool(WRAPPERS.search(e.text)))
+    lines = [(f"stderr line {n}", t) for n, t in enumerate(CONTROL.sub("", record.stderr_tail or "").splitlines(), 1)]
     sig = _death_signal(record)
     if sig == _signal.SIGKILL:
         return _killed(record, excs, lines)

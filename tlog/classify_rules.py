@@ -82,14 +82,15 @@ RULES: tuple[Rule, ...] = (
          reason="the allocator could not get device memory; the numbers say how far off the batch is",
          message=r"(?:CUDA|HIP|XPU|NPU|MPS backend) out of memory|OutOfMemoryError|CUDA error: out of memory|"
                  r"cudaErrorMemoryAllocation|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|"
-                 r"RESOURCE_EXHAUSTED|ResourceExhaustedError|NCCL.*out of memory",
+                 r"RESOURCE_EXHAUSTED|ResourceExhaustedError|NCCL.*out of memory|"
+                 r"Unable to find a valid cuDNN algorithm",
          facts=(("tried to allocate {}", r"(?i)tried to allocate " + _SIZE),
                 ("{} free", _SIZE + r" (?:is )?free"), ("{} total", _SIZE + r" total capacity"),
                 ("{} total", r"total capacity of " + _SIZE))),
     Rule("shared_memory", MEMORY, "shared memory (/dev/shm) exhausted", phase="data_loading",
          reason="DataLoader workers pass batches through /dev/shm; a small shm (Docker default 64 MB) kills them",
-         message=r"(?i)shared memory|/dev/shm|unable to write to file </torch_|unable to (?:open|mmap|resize) "
-                 r"shared|Couldn't open shared file mapping|shm_open|torch_shm_manager",
+         message=r"(?i)shared memory|/dev/shm|unable to write to file </torch_|unable to (?:open|mmap|"
+                 r"resize) shared|Couldn't open shared file mapping|shm_open|torch_shm_manager",
          line=r"Unexpected bus error encountered in worker|insufficient shared memory"),
     Rule("cpu_alloc", MEMORY, "host memory exhausted",
          reason="CPU allocators report ENOMEM in their own words; the host or cgroup is out of RAM",
@@ -123,26 +124,29 @@ RULES: tuple[Rule, ...] = (
          line=r"srcIndex < srcSelectDimSize|indexSelect\w*Kernel.*Assertion|index out of bounds\"? failed"),
     Rule("cuda_unavailable", DEVICE, "no usable CUDA device",
          reason="the job landed where CUDA is missing or broken; another node or a driver fix helps, not code",
-         message=r"No CUDA GPUs are available|Found no NVIDIA driver|no CUDA-capable device|Torch not compiled "
-                 r"with CUDA enabled|_cuda_setDevice|_cuda_init|_cuda_getDeviceCount|CUDA driver version is "
-                 r"insufficient|NVIDIA driver on your system is too old|invalid device ordinal|CUDA unknown error|"
-                 r"is_available\(\) is False|no kernel image is available|not compatible with the current PyTorch|"
-                 r"CUDA initialization|cudaGetDeviceCount|Cannot re-initialize CUDA in forked subprocess|"
-                 r"nvmlInit|GPU is lost|ECC error|NVIDIA-SMI has failed"),
+         message=r"No CUDA GPUs are available|Found no NVIDIA driver|no CUDA-capable device|"
+                 r"Torch not compiled with CUDA enabled|_cuda_setDevice|_cuda_init|_cuda_getDeviceCount|"
+                 r"CUDA driver version is insufficient|NVIDIA driver on your system is too old|"
+                 r"invalid device ordinal|CUDA unknown error|is_available\(\) is False|"
+                 r"no kernel image is available|not compatible with the current PyTorch|CUDA initialization|"
+                 r"cudaGetDeviceCount|Cannot re-initialize CUDA in forked subprocess|nvmlInit|GPU is lost|"
+                 r"ECC error|NVIDIA-SMI has failed"),
     Rule("device_mismatch", DEVICE, "tensors on different devices",
          reason="model, inputs or targets live on different devices; a .to(device) is missing",
-         message=r"Expected all tensors to be on the same device|(?:to be|is|are) on the same device|Expected "
-                 r"object of device type|expected device \S+ but got device|Input type \([^)]*cuda[^)]*\) and "
-                 r"weight type|weight type \([^)]*cuda[^)]*\) should be the same|is on CPU, but expected (?:it )?to"
-                 r" be on GPU|not at the same device|Placeholder storage has not been allocated on MPS"),
+         message=r"Expected all tensors to be on the same device|(?:to be|is|are) on the same device|"
+                 r"Expected object of device type|expected device \S+ but got device|device type for generator|"
+                 r"Input type \((?:torch\.)?(?:[A-Z]\w*Tensor|CPU\w*)\) and weight type \((?:torch\.cuda|CUDA)|"
+                 r"Input type \((?:torch\.cuda|CUDA)[^)]*\) and weight type \((?:torch\.)?(?:[A-Z]\w*Tensor|CPU)|"
+                 r"is on CPU, but expected (?:it )?to be on GPU|not at the same device|Tensors must be CUDA|"
+                 r"Placeholder storage has not been allocated on MPS|can't convert cuda:?\d* device type tensor"),
     Rule("nccl_cuda_error", DEVICE, "NCCL hit a CUDA error",
          reason="NCCL reports CUDA failures as its own errors; the GPU, not the network, failed",
          message=r"unhandled cuda error|ncclUnhandledCudaError"),
     Rule("cuda_error", DEVICE, "CUDA error",
          reason="asynchronous CUDA/cuDNN/cuBLAS failures with no visible cause are treated as device faults",
          message=r"CUDA error|CUDA kernel errors|device-side assert|cudaError|CUBLAS_STATUS|cuBLAS|CUDNN_STATUS|"
-                 r"(?i:cudnn error)|illegal memory access|misaligned address|unspecified launch failure|HIP error|"
-                 r"CUFFT_|CUSOLVER|Triton Error \[CUDA\]|CUDA driver error"),
+                 r"(?i:cudnn error)|illegal memory access|misaligned address|unspecified launch failure|"
+                 r"HIP error|CUFFT_|CUSOLVER|Triton Error \[CUDA\]|CUDA driver error"),
     # ---- network: collectives, rendezvous, sockets, HTTP
     Rule("nccl_misuse", CONFIG, "invalid NCCL setup (two ranks on one GPU?)",
          reason="duplicate GPUs mean LOCAL_RANK/set_device is wrong; retrying cannot fix it",
@@ -157,13 +161,14 @@ RULES: tuple[Rule, ...] = (
               r"NCCL WARN .*(?:[Cc]onnection|[Ss]ocket|[Tt]imeout|NET/)"),
     Rule("launcher_env", CONFIG, "distributed launcher environment missing",
          reason="RANK/WORLD_SIZE/MASTER_ADDR unset means the script was not started by torchrun/srun",
-         message=r"environment variable \w+ expected, but not set|'(?:LOCAL_RANK|RANK|WORLD_SIZE|MASTER_ADDR|"
+         message=r"environment variable \w+ expected, but not set|Default process group has not been initialized|"
+                 r"Distributed package doesn't have NCCL|'(?:LOCAL_RANK|RANK|WORLD_SIZE|MASTER_ADDR|"
                  r"MASTER_PORT|LOCAL_WORLD_SIZE)'"),
     Rule("rendezvous", NETWORK, "rendezvous/store connection failed",
          reason="the c10d store or rendezvous is reachable only over the network",
          message=r"TCPStore|DistNetworkError|DistStoreError|Rendezvous\w*Error|client socket has timed out|"
-                 r"Socket Timeout|store->get|Address already in use|EADDRINUSE|[Tt]imed out initializing process "
-                 r"group|wait timeout after"),
+                 r"Socket Timeout|store->get|Address already in use|EADDRINUSE|"
+                 r"[Tt]imed out initializing process group|wait timeout after"),
     Rule("worker_connection", DATA, "lost the connection to a DataLoader worker (a worker died)",
          reason="socket errors inside multiprocessing frames are DataLoader IPC, not the network",
          types=("ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError", "EOFError"),
@@ -176,25 +181,27 @@ RULES: tuple[Rule, ...] = (
          reason="DNS, TCP, TLS and HTTP failures (downloads, hubs, loggers) usually pass on retry",
          types=_NET_TYPES,
          message=r"(?i)name or service not known|temporary failure in name resolution|nodename nor servname|"
-                 r"getaddrinfo failed|network is unreachable|no route to host|connection (?:refused|reset|timed "
-                 r"out|aborted)|\[Errno (?:101|104|110|111|113|-2|-3)\]|couldn't connect to|outgoing traffic has "
-                 r"been disabled|HF_HUB_OFFLINE|CERTIFICATE_VERIFY_FAILED|\bSSL: |Max retries exceeded|read timed "
-                 r"out|HTTP Error \d{3}|urlopen error|\b50[234] Server Error"),
+                 r"getaddrinfo failed|network is unreachable|no route to host|connection (?:refused|reset|"
+                 r"timed out|aborted)|\[Errno (?:101|104|110|111|113|-2|-3)\]|couldn't connect to|"
+                 r"outgoing traffic has been disabled|HF_HUB_OFFLINE|CERTIFICATE_VERIFY_FAILED|\bSSL: |"
+                 r"Max retries exceeded|read timed out|HTTP Error \d{3}|urlopen error|\b50[234] Server Error"),
     # ---- checkpoint: (de)serialisation; before shape rules since state-dict errors mention sizes
     Rule("ckpt_gpu_to_cpu", DEVICE, "checkpoint saved on GPU loaded where CUDA is unavailable",
          reason="torch.load needs a GPU or map_location; on a GPU node the same job works",
-         message=r"Attempting to deserialize object on a CUDA device"),
+         message=r"Attempting to deserialize object on (?:a )?CUDA device"),
     Rule("state_dict_mismatch", CKPT, "checkpoint does not match the model",
          reason="missing/unexpected keys or shape mismatches come from the checkpoint, not the forward pass",
-         message=r"Error\(s\) in loading state_dict|Missing key\(s\) in state_dict|Unexpected key\(s\) in "
-                 r"state_dict|size mismatch for \S+: copying a param|While copying the parameter named|loaded "
-                 r"state dict (?:contains a parameter group|has a different number of parameter groups)",
+         message=r"Error\(s\) in loading state_dict|Missing key\(s\) in state_dict|"
+                 r"Unexpected key\(s\) in state_dict|size mismatch for \S+: copying a param|"
+                 r"While copying the parameter named|loaded state dict (?:contains a parameter group|"
+                 r"has a different number of parameter groups)",
          facts=(("keys carry a 'module.' prefix (saved from DataParallel/DDP)", r"(\"module\.)"),)),
     Rule("ckpt_corrupt", CKPT, "checkpoint file unreadable",
          reason="a truncated download, a weights_only refusal or a foreign format fails on every load",
-         message=r"PytorchStreamReader|central directory|invalid header or archive is corrupted|Weights only "
-                 r"load failed|weights_only|UnpicklingError|invalid load key|SafetensorError|HeaderTooLarge|"
-                 r"MetadataIncompleteBuffer|storage has wrong (?:byte )?size|Can't get attribute .* on <module"),
+         message=r"PytorchStreamReader|central directory|invalid header or archive is corrupted|"
+                 r"Weights only load failed|weights_only|UnpicklingError|invalid load key|SafetensorError|"
+                 r"HeaderTooLarge|Ran out of input|MetadataIncompleteBuffer|storage has wrong (?:byte )?size|"
+                 r"Can't get attribute .* on <module"),
     Rule("pickle_in_workers", DATA, "DataLoader workers cannot pickle the dataset",
          reason="spawned workers pickle the dataset; lambdas/local objects or a missing __main__ guard fail",
          message=r"(?i)pickl|An attempt has been made to start a new process before", frames=_MP_FRAMES),
@@ -215,8 +222,8 @@ RULES: tuple[Rule, ...] = (
          message=r"Permission denied|\[Errno 13\]|Read-only file system|\[Errno 30\]|Operation not permitted"),
     Rule("io_error", SYSTEM, "I/O error on the file system",
          reason="EIO/stale NFS handles/dead FUSE mounts are storage faults that may clear on retry",
-         message=r"Input/output error|\[Errno 5\]|Stale file handle|\[Errno 116\]|Transport endpoint is not "
-                 r"connected|\[Errno 107\]"),
+         message=r"Input/output error|\[Errno 5\]|Stale file handle|\[Errno 116\]|"
+                 r"Transport endpoint is not connected|\[Errno 107\]"),
     Rule("native_crash", SYSTEM, "native crash",
          reason="segfaults/aborts in extensions are environment or binary problems; faulthandler shows where",
          message=r"Segmentation fault|SIGSEGV|Fatal Python error|SIGBUS|Bus error|Illegal instruction|SIGILL|"
@@ -231,20 +238,21 @@ RULES: tuple[Rule, ...] = (
     # ---- checkpoint by location: an error inside torch.load/torch.save frames or naming a weights file
     Rule("ckpt_file_missing", CKPT, "checkpoint file not found",
          reason="a missing weights file is a path/resume problem, not a data problem",
-         message=r"^(?:\w+\.)*(?:FileNotFoundError|OSError|IsADirectoryError): .*\.(?:pt|pth|ckpt|bin|safetensors|"
-                 r"pkl|pickle|h5|tar|npz|pdparams)['\"]|does not appear to have a file named|Parent directory .* "
-                 r"does not exist"),
+         message=r"^(?:\w+\.)*(?:FileNotFoundError|OSError|IsADirectoryError): .*\.(?:pt|pth|ckpt|bin|"
+                 r"safetensors|pkl|pickle|h5|tar|npz|pdparams)['\"]|does not appear to have a file named|"
+                 r"Parent directory .* does not exist"),
     Rule("ckpt_frames", CKPT, "checkpoint load/save failed",
          reason="any failure inside torch.load/torch.save or a checkpoint helper belongs to checkpointing",
          types=("RuntimeError", "EOFError", "OSError", "FileNotFoundError", "BadZipFile", "KeyError",
                 "ValueError", "AttributeError", "TypeError"),
-         frames=r"torch/serialization\.py|safetensors|torch\.(?:load|save)\(|\|(?:save|load)_(?:checkpoint|ckpt)\|"),
+         frames=r"torch/serialization\.py|safetensors|torch\.(?:load|save)\(|\|(?:save|load)_(?:checkpoint|"
+                r"ckpt)\|"),
     # ---- configuration: bad values reach libraries, so these precede the model/loss/optimizer rules
     Rule("argparse", CONFIG, "invalid command-line arguments",
          reason="argparse/click reject the command line before training starts",
-         line=r"\S+: error: (?:unrecognized arguments|argument |the following arguments are required|invalid "
-              r"choice|ambiguous option|one of the arguments)|^Error: (?:No such option|Invalid value for|"
-              r"Missing (?:option|argument)|Got unexpected extra argument)"),
+         line=r"\S+: error: (?:unrecognized arguments|argument |the following arguments are required|"
+              r"invalid choice|ambiguous option|one of the arguments)|^Error: (?:No such option|"
+              r"Invalid value for|Missing (?:option|argument)|Got unexpected extra argument)"),
     Rule("config_lib", CONFIG, "invalid configuration",
          reason="Hydra/OmegaConf/YAML/TOML errors are configuration by construction",
          types=("ConfigAttributeError", "ConfigKeyError", "MissingMandatoryValue", "ConfigCompositionException",
@@ -256,17 +264,19 @@ RULES: tuple[Rule, ...] = (
          message=r"^(?:\w+\.)*FileNotFoundError: .*\.(?:ya?ml|toml|ini|cfg|conf)['\"]"),
     Rule("config_value_type", CONFIG, "a config value has the wrong type (a number read as a string?)",
          reason="YAML reads '3e-4' as a string; the library raises, but the value comes from the config",
-         message=r"not supported between instances of '(?:float|int)' and 'str'|not supported between instances "
-                 r"of 'str' and '(?:float|int)'|Invalid (?:learning rate|lr|weight_decay value|beta parameter|"
-                 r"epsilon value|momentum value|dampening value|rho value|lr_decay value)|must be real number, not"
-                 r" str|'str' object cannot be interpreted as an integer|batch_size should be a positive integer"),
+         message=r"not supported between instances of '(?:float|int)' and 'str'|"
+                 r"not supported between instances of 'str' and '(?:float|int)'|Invalid (?:learning rate|lr|"
+                 r"weight_decay value|beta parameter|epsilon value|momentum value|dampening value|rho value|"
+                 r"lr_decay value)|must be real number, not str|'str' object cannot be interpreted as an integer|"
+                 r"batch_size should be a positive integer"),
     Rule("registry_lookup", CONFIG, "unknown name in the configuration",
          reason="a name not found in a registry of models/optimizers/datasets is a typo or unsupported option",
          message=r"(?i)\bunknown (?:optimi[sz]er|optim|model|arch\w*|scheduler|dataset|loss|backbone|activation|"
-                 r"norm\w*|encoder|decoder|tokenizer|task|mode|method|type|option|config)\b|not (?:a )?registered|"
-                 r"not (?:found )?in (?:the )?registry|\bavailable(?: \w+)?: \[|must be one of|expected one of|"
-                 r"supported (?:values|options|models|types) (?:are|:)|invalid (?:model|optimi[sz]er|scheduler|"
-                 r"dataset|backbone|arch\w*|choice)\b|is not supported\. (?:available|choose|supported)"),
+                 r"norm\w*|encoder|decoder|tokenizer|task|mode|method|type|option|config)\b|"
+                 r"not (?:a )?registered|not (?:found )?in (?:the )?registry|\bavailable(?: \w+)?: \[|"
+                 r"must be one of|expected one of|supported (?:values|options|models|types) (?:are|:)|"
+                 r"invalid (?:model|optimi[sz]er|scheduler|dataset|backbone|arch\w*|choice)\b|"
+                 r"is not supported\. (?:available|choose|supported)"),
     Rule("config_attribute", CONFIG, "a configuration entry is missing",
          reason="an argparse Namespace or config object without the attribute means a missing option",
          message=r"'(?:Namespace|DictConfig|ListConfig|EasyDict|AttrDict|Config|ConfigDict|Munch|Args|Arguments|"
@@ -274,27 +284,29 @@ RULES: tuple[Rule, ...] = (
     Rule("config_keyerror", CONFIG, "a configuration key is missing",
          reason="a KeyError on a config/args/environ lookup is a missing setting, not a data problem",
          types=("KeyError",),
-         site=r"(?i)\b(?:cfg|config|conf|args|hparams|hps|params|opts?|options|settings|hyp|environ)\w*(?:\[|\.get"
-              r"\()|(?:^|/)(?:configs?|cfg|settings|options|arguments|args)\w*\.py\|"),
+         site=r"(?i)\b(?:cfg|config|conf|args|hparams|hps|params|opts?|options|settings|hyp|environ)\w*(?:\[|"
+              r"\.get\()|(?:^|/)(?:configs?|cfg|settings|options|arguments|args)\w*\.py\|"),
     Rule("missing_package", CONFIG, "a package is missing or incompatible",
          reason="an import failure is the environment, fixed by installing/pinning, not by retrying",
          types=("ModuleNotFoundError", "ImportError")),
     # ---- autograd, optimizer, loss and model families, then data
     Rule("autograd", GRAD, "autograd error",
          reason="graph misuse (double backward, in-place updates, detached or unused tensors) is deterministic",
-         message=r"backward through the graph a second time|does not require grad|modified by an inplace "
-                 r"operation|leaf Variable that requires grad (?:is being|has been) used in an in-place|appears "
-                 r"to not have been used in the graph|grad can be implicitly created only for scalar outputs|"
-                 r"returned nan values in its \d+\w* output|Expected to mark a variable ready only once|Expected to"
-                 r" have finished reduction in the prior iteration|find_unused_parameters|Mismatch in shape: "
-                 r"grad_output|returned an invalid gradient|register a hook on a tensor that doesn't require"),
+         message=r"backward through the graph a second time|does not require grad|"
+                 r"modified by an inplace operation|leaf Variable that requires grad (?:is being|"
+                 r"has been) used in an in-place|appears to not have been used in the graph|"
+                 r"grad can be implicitly created only for scalar outputs|"
+                 r"returned nan values in its \d+\w* output|Expected to mark a variable ready only once|"
+                 r"Expected to have finished reduction in the prior iteration|find_unused_parameters|"
+                 r"Mismatch in shape: grad_output|returned an invalid gradient|"
+                 r"register a hook on a tensor that doesn't require"),
     Rule("optimizer", OPTIM, "optimizer misuse",
          reason="optimizer/scheduler/GradScaler API errors are raised by the update step itself",
-         message=r"optimizer got an empty parameter list|required positional argument: 'closure'|requires "
-                 r"closure|can't optimize a non-leaf Tensor|appear in more than one parameter group|params argument"
-                 r" given to the optimizer should be an iterable|optimizer can only optimize Tensors|unscale FP16 "
-                 r"gradients|unscale_\(\) has already been called|No inf checks were recorded|Tried to step \d+ "
-                 r"times"),
+         message=r"optimizer got an empty parameter list|required positional argument: 'closure'|"
+                 r"requires closure|can't optimize a non-leaf Tensor|appear in more than one parameter group|"
+                 r"params argument given to the optimizer should be an iterable|"
+                 r"optimizer can only optimize Tensors|unscale FP16 gradients|"
+                 r"unscale_\(\) has already been called|No inf checks were recorded|Tried to step \d+ times"),
     Rule("nonfinite_loss", LOSS, "the loss became NaN/inf",
          reason="training-loop guards raise on a non-finite loss; the loss (or lr) is where to look",
          types=("FloatingPointError",),
@@ -303,41 +315,44 @@ RULES: tuple[Rule, ...] = (
          reason="class indices out of range, BCE inputs outside [0,1], CTC lengths and target shapes are loss "
                 "contract violations",
          message=r"Target -?\d+ is out of bounds|multi-target not supported|0D or 1D target tensor expected|"
-                 r"Expected input batch_size \(\d+\) to match target batch_size|Target size \(.*\) must be the same"
-                 r" as input size|all elements of (?:input|target) should be between 0 and 1|input_lengths|"
-                 r"target_lengths|ctc_loss|nll_loss|only batches of spatial targets supported|Expected floating "
-                 r"point type for target|Found dtype \w+ but expected \w+|result type Float can't be cast to the "
-                 r"desired output type Long"),
+                 r"Expected input batch_size \(\d+\) to match target batch_size|"
+                 r"Target size \(.*\) must be the same as input size|all elements of (?:input|"
+                 r"target) should be between 0 and 1|input_lengths|target_lengths|ctc_loss|nll_loss|"
+                 r"only batches of spatial targets supported|Expected floating point type for target|"
+                 r"Found dtype \w+ but expected \w+|"
+                 r"result type Float can't be cast to the desired output type Long"),
     Rule("loss_dtype", LOSS, "loss target has the wrong dtype",
          reason="classification losses want Long targets, regression losses float ones",
          message=r"expected scalar type \w+ but found \w+|not implemented for '\w+'",
          frames=r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|\w*cross_entropy\w*|criterion)\|"),
     Rule("shape_mismatch", MODEL, "tensor shape/dtype mismatch", by_phase=True,
          reason="shape, rank and dtype errors are raised where tensors meet layers; the phase tells which code",
-         message=r"mat1 and mat2 shapes cannot be multiplied|size mismatch|shapes cannot be multiplied|Expected "
-                 r"\d+D .*input to \w+|Expected \d+-dimensional input|to have \d+ channels, but got|Given groups="
-                 r"\d+|input\.size\(-1\) must be equal to input_size|Expected hidden\S* size|einsum\(\)|shape '"
-                 r"\[[^\]]*\]' is invalid for input of size|Sizes of tensors must match|The size of tensor a \(\d+"
-                 r"\) must match|Dimension out of range|index out of range in self|attn_mask|Expected more than 1 "
-                 r"value per channel|Calculated (?:padded )?(?:input|output) size|Output size is too small|Kernel "
-                 r"size can't be greater|must have the same dtype|expected scalar type \w+ but found|Input type \(.*"
-                 r"\) and (?:weight|bias) type|doesn't match the broadcast shape|cannot be broadcast|forward\(\) "
-                 r"(?:missing|got an unexpected)|expected (?:m1|mat1) and (?:m2|mat2) to have the same dtype"),
+         message=r"mat1 and mat2 shapes cannot be multiplied|size mismatch|shapes cannot be multiplied|"
+                 r"Expected \d+D .*input to \w+|Expected \d+-dimensional input|to have \d+ channels, but got|"
+                 r"Given groups=\d+|input\.size\(-1\) must be equal to input_size|Expected hidden\S* size|"
+                 r"einsum\(\)|shape '\[[^\]]*\]' is invalid for input of size|Sizes of tensors must match|"
+                 r"The size of tensor a \(\d+\) must match|Dimension out of range|index out of range in self|"
+                 r"attn_mask|Expected more than 1 value per channel|Calculated (?:padded )?(?:input|output) size|"
+                 r"Output size is too small|Kernel size can't be greater|must have the same dtype|"
+                 r"expected scalar type \w+ but found|Input type \(.*\) and (?:weight|bias) type|"
+                 r"doesn't match the broadcast shape|cannot be broadcast|forward\(\) (?:missing|"
+                 r"got an unexpected)|expected (?:m1|mat1) and (?:m2|mat2) to have the same dtype"),
     Rule("data_decode", DATA, "a data sample could not be read", phase="data_loading",
          reason="undecodable files, unreadable images and ragged batches come from the dataset",
          types=("UnicodeDecodeError", "UnidentifiedImageError", "DecompressionBombError"),
          message=r"cannot identify image file|image file is truncated|broken data stream|Truncated File Read|"
                  r"Invalid data found when processing input|File contains data in an unknown format|libpng error|"
-                 r"Premature end of JPEG|!_src\.empty\(\)|stack expects each tensor to be equal size|each element "
-                 r"in list of batch should be of equal size|batch must contain tensors|num_samples should be a "
-                 r"positive integer value|Found 0 files|Couldn't find any class folder"),
+                 r"Premature end of JPEG|!_src\.empty\(\)|stack expects each tensor to be equal size|"
+                 r"each element in list of batch should be of equal size|batch must contain tensors|"
+                 r"num_samples should be a positive integer value|Found 0 files|Couldn't find any class folder"),
     Rule("worker_exception", DATA, "", phase="data_loading",
          reason="any exception raised inside a DataLoader worker process belongs to the data pipeline",
          frames=r"\|_worker_loop\|"),
     Rule("dataloader_worker", DATA, "DataLoader worker failed", phase="data_loading",
          reason="an exception re-raised from a worker, or a worker exiting, is the data pipeline's",
-         message=r"Caught \w+ in DataLoader worker process|DataLoader worker \(pids?\(?s?\)? ?[\d, ]+\) exited "
-                 r"unexpectedly|DataLoader timed out after"),
+         message=r"Caught \w+ in DataLoader worker process|"
+                 r"DataLoader worker \(pids?\(?s?\)? ?[\d, ]+\) exited unexpectedly|DataLoader timed out after|"
+                 r"Pin memory thread exited unexpectedly"),
     Rule("data_file_missing", DATA, "data file not found", phase="data_loading",
          reason="a missing file that is neither a checkpoint nor a config is a dataset path",
          types=("FileNotFoundError",), message=r"No such file or directory"),
@@ -350,23 +365,29 @@ RULES: tuple[Rule, ...] = (
 # only apply when no strong hint exists, because a forward inside validate() is validation.
 FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
     ("forward_pass", False, r"torch/utils/checkpoint\.py"),
-    ("initialization", True, r"torch/optim/[^|]*\|__init__\||argparse\.py|hydra/|\|(?:parse_args|parse_config|"
-                             r"load_config|get_config|init_distributed\w*|init_process_group|setup_ddp)\|"),
-    ("data_loading", True, r"torch/utils/data/|/datasets/|torchvision/(?:datasets|io|transforms)/|/PIL/|\|(?:__getitem"
-                           r"s?__|__next__|\w*collate\w*|_worker_loop|fetch|load_image|_load_image|pil_loader|"
-                           r"default_loader|read_image|load_sample|get_item)\|"),
+    ("initialization", True,
+     r"torch/optim/[^|]*\|__init__\||argparse\.py|hydra/|\|(?:parse_args|parse_config|load_config|get_config|"
+     r"init_distributed\w*|init_process_group|setup_ddp)\|"),
+    ("data_loading", True,
+     r"torch/utils/data/|/datasets/|torchvision/(?:datasets|io|transforms)/|/PIL/|\|(?:__getitems?__|__next__|"
+     r"\w*collate\w*|_worker_loop|fetch|load_image|_load_image|pil_loader|default_loader|read_image|load_sample|"
+     r"get_item)\|"),
     ("backward_pass", True, r"\.backward\(|autograd\.grad\(|torch/autograd/|\|backward\||manual_backward"),
-    ("optimization_step", True, r"torch/optim/|\w*(?:optim|opt|optimizer|scaler|sched\w*)\.step\(|\.zero_grad\("
-                                r"|clip_grad_norm_|\|optimizer_step\|"),
-    ("checkpoint_saving", True, r"torch/serialization\.py|safetensors|torch\.(?:save|load)\(|\.load_state_dict\(|"
-                                r"(?i:checkpoint|ckpt)|\|(?:save|save_model|load_model|save_pretrained)\|"),
-    ("validation", True, r"\|(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\|"),
-    ("model_setup", True, r"\|(?:build|create|get|make|init|setup|load)_?(?:model|network|net|backbone|arch)\w*\||"
-                          r"from_pretrained"),
-    ("loss_computation", False, r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|criterion|\w*cross_entropy|kl_div)\||"
-                                r"\b(?:criterion|loss_fn|loss_func|compute_loss)\(|F\.\w*(?:loss|entropy)\w*\("),
-    ("forward_pass", False, r"\|forward\||\|_conv_forward\||torch/nn/modules/|torch/nn/functional\.py|"
-                            r"transformers/models/|timm/models/"),
+    ("optimization_step", True,
+     r"torch/optim/|\w*(?:optim|opt|optimizer|scaler|sched\w*)\.step\(|\.zero_grad\(|clip_grad_norm_|\|"
+     r"optimizer_step\|"),
+    ("checkpoint_saving", True,
+     r"torch/serialization\.py|safetensors|torch\.(?:save|load)\(|\.load_state_dict\(|(?i:checkpoint|ckpt)|\|"
+     r"(?:save|save_model|load_model|save_pretrained)\|"),
+    ("validation", True,
+     r"\|(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\|"),
+    ("model_setup", True,
+     r"\|(?:build|create|get|make|init|setup|load)_?(?:model|network|net|backbone|arch)\w*\||from_pretrained"),
+    ("loss_computation", False,
+     r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|criterion|\w*cross_entropy|kl_div)\||\b(?:criterion|loss_fn|"
+     r"loss_func|compute_loss)\(|F\.\w*(?:loss|entropy)\w*\("),
+    ("forward_pass", False,
+     r"\|forward\||\|_conv_forward\||torch/nn/modules/|torch/nn/functional\.py|transformers/models/|timm/models/"),
 )
 
 # Hangs: (name, category, summary, reason, regex over a frame), checked from the innermost frame outwards.

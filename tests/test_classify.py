@@ -1,0 +1,265 @@
+"""Crash classifier: the labelled development corpus, families beyond it, SIGKILL/hang logic, the command."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tlog import classify_rules
+from tlog.classify import Diagnosis, FailureRecord, classify, classify_hang, classify_text
+from tlog.views.diagnosis import classify_command, render_diagnosis
+
+CORPUS = Path(__file__).parent / "fixtures" / "tracebacks"
+CATEGORIES = {"data_loading", "model_inference", "loss_computation", "gradient_computation", "optimization",
+              "memory", "device", "checkpoint", "validation", "configuration", "network", "system", "unknown"}
+GIB = 1024**3
+
+
+def test_development_corpus_accuracy():
+    rows = list(csv.DictReader((CORPUS / "labels.tsv").open(), delimiter="\t"))
+    misses = []
+    for row in rows:
+        d = classify_text((CORPUS / "cases" / f"{row['id']}.txt").read_text())
+        if d.category != row["category"]:
+            misses.append(f"{row['id']}: expected {row['category']}, got {d.category} (rule {d.rule})")
+    accuracy = 1 - len(misses) / len(rows)
+    assert accuracy >= 0.95, "confusion:\n" + "\n".join(misses)
+
+
+# Families the development corpus does not cover, written from the libraries' real messages.
+EXTRA = {
+    "cpu_oom": ("memory", """Traceback (most recent call last):
+  File "/home/a/proj/model.py", line 40, in forward
+    x = torch.cat([x, self.cache], dim=1)
+RuntimeError: [enforce fail at alloc_cpu.cpp:83] err == 0. DefaultCPUAllocator: can't allocate memory: you tried \
+to allocate 34359738368 bytes. Error code 12 (Cannot allocate memory)"""),
+    "enospc": ("system", """Epoch 3: 100%|##########| 500/500 [01:02<00:00,  8.01it/s, loss=0.231]
+Traceback (most recent call last):
+  File "train.py", line 140, in <module>
+    torch.save(state, f"checkpoints/epoch_{epoch}.pt")
+  File "/usr/local/lib/python3.11/site-packages/torch/serialization.py", line 850, in save
+    _save(obj, opened_zipfile, pickle_module, pickle_protocol, _disable_byteorder_record)
+OSError: [Errno 28] No space left on device"""),
+    "nccl_watchdog_abort": ("network", """[rank3]:[E ProcessGroupNCCL.cpp:563] [Rank 3] Watchdog caught collective \
+operation timeout: WorkNCCL(SeqNum=1201, OpType=ALLREDUCE, Timeout(ms)=1800000) ran for 1800094 milliseconds
+terminate called after throwing an instance of 'c10::DistBackendError'
+  what():  [Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1201, OpType=ALLREDUCE)
+frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x57 (0x7f1c2e1a1d87 in libc10.so)
+Aborted (core dumped)"""),
+    "argparse": ("configuration", """usage: train.py [-h] [--lr LR] [--epochs EPOCHS]
+train.py: error: unrecognized arguments: --lerning-rate 0.01"""),
+    "segfault_faulthandler": ("system", """Fatal Python error: Segmentation fault
+
+Thread 0x00007f3b4affd700 (most recent call first):
+  File "/usr/lib/python3.10/threading.py", line 324 in wait
+
+Current thread 0x00007f3c1d5f3740 (most recent call first):
+  File "/home/u/venv/lib/python3.10/site-packages/torch/nn/modules/batchnorm.py", line 171 in forward
+  File "/home/u/proj/net.py", line 55 in forward
+  File "/home/u/proj/train.py", line 160 in <module>
+
+Segmentation fault (core dumped)"""),
+    "hub_offline_chain": ("network", """Traceback (most recent call last):
+  File "/venv/lib/python3.10/site-packages/urllib3/connection.py", line 174, in _new_conn
+    conn = connection.create_connection(
+socket.gaierror: [Errno -3] Temporary failure in name resolution
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "finetune.py", line 20, in <module>
+    model = AutoModel.from_pretrained("bert-base-uncased")
+OSError: We couldn't connect to 'https://huggingface.co' to load this file, couldn't find it in the cached files."""),
+    "device_mismatch": ("device", """\
+  File "/venv/lib/python3.9/site-packages/torch/nn/modules/linear.py", line 114, in forward
+    return F.linear(input, self.weight, self.bias)
+RuntimeError: Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu! \
+(when checking argument for argument mat1 in method wrapper_addmm)"""),
+    "target_out_of_bounds": ("loss_computation", """Traceback (most recent call last):
+  File "cls.py", line 33, in <module>
+    loss = criterion(out, labels)
+  File "/venv/lib/python3.11/site-packages/torch/nn/functional.py", line 3053, in cross_entropy
+    return torch._C._nn.cross_entropy_loss(input, target, weight, _Reduction.get_enum(reduction))
+IndexError: Target 10 is out of bounds."""),
+    "kernel_assert_names_loss": ("loss_computation", """/pytorch/aten/src/ATen/native/cuda/Loss.cu:242: \
+nll_loss_forward_reduce_cuda_kernel_2d: block: [0,0,0], thread: [5,0,0] Assertion `t >= 0 && t < n_classes` failed.
+RuntimeError: CUDA error: device-side assert triggered"""),
+    "backward_twice": ("gradient_computation", """RuntimeError: Trying to backward through the graph a second time \
+(or directly access saved tensors after they have already been freed)."""),
+    "empty_parameter_list": ("optimization", """  File "/venv/lib/python3.11/site-packages/torch/optim/optimizer.py", \
+line 366, in __init__
+    raise ValueError("optimizer got an empty parameter list")
+ValueError: optimizer got an empty parameter list"""),
+    "torchrun_sigkill": ("memory", """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+train.py FAILED
+Root Cause (first observed failure):
+[0]:
+  exitcode  : -9 (pid: 4120)
+  traceback : Signal 9 (SIGKILL) received by PID 4120"""),
+    "rank_prefixed_oom_beats_watchdog": ("memory", """2024-03-01 10:00:01 | INFO | epoch 1 step 100 loss 2.31
+[rank1]: Traceback (most recent call last):
+[rank1]:   File "/scratch/u/llm/train.py", line 188, in main
+[rank1]:     loss.backward()
+[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of \
+79.15 GiB of which 1.20 GiB is free.
+[rank0]:[E ProcessGroupNCCL.cpp:1316] [PG 0 Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5)
+srun: error: node12: task 1: Exited with exit code 1"""),
+    "config_keyerror": ("configuration", """Traceback (most recent call last):
+  File "run.py", line 12, in main
+    warmup = cfg["scheduler"]["warmup_steps"]
+KeyError: 'warmup_steps'"""),
+    "worker_file_not_found": ("data_loading", """FileNotFoundError: Caught FileNotFoundError in DataLoader worker \
+process 3.
+Original Traceback (most recent call last):
+  File "/venv/lib/python3.10/site-packages/torch/utils/data/_utils/worker.py", line 308, in _worker_loop
+    data = fetcher.fetch(index)
+  File "/home/u/ds.py", line 22, in __getitem__
+    img = Image.open(os.path.join(self.root, name)).convert("RGB")
+FileNotFoundError: [Errno 2] No such file or directory: '/data/imgs/000123.jpg'"""),
+    "shm_exhausted": ("memory", "RuntimeError: unable to write to file </torch_18692_1954506624_0>: "
+                                "No space left on device (28)"),
+    "state_dict_size_mismatch": ("checkpoint", """RuntimeError: Error(s) in loading state_dict for ResNet:
+	size mismatch for fc.weight: copying a param with shape torch.Size([10, 512]) from checkpoint."""),
+    "validation_shape": ("validation", """Traceback (most recent call last):
+  File "train.py", line 120, in <module>
+    acc = evaluate(model, val_loader)
+  File "train.py", line 64, in evaluate
+    correct += (pred == y).sum().item()
+RuntimeError: The size of tensor a (32) must match the size of tensor b (16) at non-singleton dimension 0"""),
+    "slurm_time_limit": ("system", "slurmstepd: error: *** JOB 123456 ON gpu-07 CANCELLED AT 2024-05-01T12:00:00 "
+                                   "DUE TO TIME LIMIT ***"),
+    "missing_package": ("configuration", "ModuleNotFoundError: No module named 'apex'"),
+    "spawn_wrapper_inner_error": ("model_inference", """torch.multiprocessing.spawn.ProcessRaisedException:
+
+-- Process 0 terminated with the following error:
+Traceback (most recent call last):
+  File "/home/u/model.py", line 15, in forward
+    return self.fc(x.view(x.size(0), -1))
+RuntimeError: mat1 and mat2 shapes cannot be multiplied (64x2048 and 512x10)"""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA))
+def test_extra_families(name):
+    expected, text = EXTRA[name]
+    d = classify_text(text)
+    assert d.category == expected, (d.rule, d.cause)
+    assert d.transient == (expected in {"memory", "network", "device", "system"})
+
+
+def test_cause_names_phase_position_and_numbers():
+    d = classify(FailureRecord(
+        exc_type="torch.OutOfMemoryError", phase="backward_pass", epoch=3, batch=120, exit_code=1,
+        message="CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of "
+                "which 1.20 GiB is free."))
+    assert d.category == "memory" and d.phase == "backward_pass" and d.transient
+    assert d.cause.startswith("CUDA out of memory in backward at epoch 3, batch 120: tried to allocate 2.00 GiB")
+    assert "1.20 GiB free" in d.cause
+    assert any("reported by the probe" in e for e in d.evidence)
+
+
+def test_phase_inferred_from_frames_and_probe_wins():
+    text = (CORPUS / "cases" / "022.txt").read_text()
+    assert classify_text(text).phase == "backward_pass"
+    assert classify(FailureRecord(stderr_tail=text, phase="optimization_step")).phase == "optimization_step"
+
+
+def test_hook_chain_root_cause():
+    d = classify(FailureRecord(exc_type="urllib.error.URLError", message="<urlopen error [Errno 111]>",
+                               chain=({"type": "ConnectionRefusedError", "message": "[Errno 111] refused"},)))
+    assert d.category == "network"
+
+
+def _samples(peak_fraction):
+    return tuple({"t": 100.0 + 2 * i, "rss_bytes": int((4 + i * (peak_fraction * 8 - 4) / 5) * GIB),
+                  "mem_limit_bytes": 8 * GIB} for i in range(6))
+
+
+def test_sigkill_with_oom_counter_is_memory():
+    d = classify(FailureRecord(signal=9, oom_kill_delta=1, samples=_samples(0.99), phase="data_loading", epoch=2))
+    assert (d.category, d.rule, d.transient) == ("memory", "sigkill_oom_counter", True)
+    assert "kernel OOM killer in data loading at epoch 2" in d.cause and "GiB" in d.cause
+    assert any(e.startswith("memory timeline") for e in d.evidence)
+
+
+def test_sigkill_near_limit_without_counter_is_probably_oom():
+    d = classify(FailureRecord(signal=9, samples=_samples(0.95)))
+    assert d.category == "memory" and "probably the OOM killer" in d.cause
+
+
+@pytest.mark.parametrize("record", [FailureRecord(signal=9, oom_kill_delta=0, samples=_samples(0.95)),
+                                    FailureRecord(signal=9, samples=_samples(0.4)),
+                                    FailureRecord(exit_code=137)])
+def test_sigkill_otherwise_is_system(record):
+    d = classify(record)
+    assert d.category == "system" and "not the OOM killer" in d.cause
+
+
+def test_signal_without_traceback_and_silent_exit():
+    assert classify(FailureRecord(signal=11, stderr_tail="step 10\n")).rule == "signal_sigsegv"
+    d = classify(FailureRecord(exit_code=1, stderr_tail="epoch 1 done\n"))
+    assert (d.category, d.transient) == ("unknown", False)
+
+
+FH_COLLECTIVE = """Thread 0x00007f1 (most recent call first):
+  File "/venv/lib/python3.10/site-packages/torch/utils/data/_utils/pin_memory.py", line 30 in _pin_memory_loop
+
+Thread 0x00007f0 (most recent call first):
+  File "/venv/lib/python3.10/site-packages/torch/distributed/distributed_c10d.py", line 2050 in all_reduce
+  File "/home/u/train.py", line 50 in train_step
+"""
+FH_LOADER = """Current thread 0x00007f0 (most recent call first):
+  File "/usr/lib/python3.10/multiprocessing/queues.py", line 113 in get
+  File "/venv/lib/python3.10/site-packages/torch/utils/data/dataloader.py", line 1133 in _try_get_data
+  File "/home/u/train.py", line 70 in train
+"""
+TB_SLEEP = """  File "/home/u/train.py", line 70, in train
+    wait_for_file(path)
+  File "/home/u/util.py", line 3, in wait_for_file
+    time.sleep(5)
+"""
+
+
+@pytest.mark.parametrize(("stack", "category"), [(FH_COLLECTIVE, "network"), (FH_LOADER, "data_loading"),
+                                                 (TB_SLEEP, "system")])
+def test_hangs(stack, category):
+    d = classify_hang(stack, phase="forward")
+    assert (d.category, d.transient, d.phase) == (category, True, "forward_pass")
+    assert classify(FailureRecord(hang_stack=stack)).category == category
+
+
+def test_rules_table_is_well_formed():
+    names = [r.name for r in classify_rules.RULES]
+    assert len(names) == len(set(names))
+    for rule in classify_rules.RULES:
+        assert rule.category in CATEGORIES and rule.reason, rule.name
+        for pattern in (rule.message, rule.line, rule.frames, rule.site, *(p for _, p in rule.facts)):
+            re.compile(pattern)
+
+
+def test_render_and_json(tmp_path, capsys):
+    log = tmp_path / "crash.log"
+    log.write_text(EXTRA["argparse"][1])
+    assert classify_command(str(log), as_json=True) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["category"] == "configuration" and isinstance(payload["evidence"], list)
+    text = render_diagnosis(Diagnosis("memory", None, True, "CUDA out of memory", ("a",), "cuda_oom"))
+    assert "transient" in text and "CUDA out of memory" in text and "  - a" in text
+
+
+def test_command_reads_stdin(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(EXTRA["missing_package"][1]))
+    assert classify_command("-", as_json=False) == 0
+    assert "configuration" in capsys.readouterr().out
+
+
+def test_command_missing_file(tmp_path, capsys):
+    assert classify_command(str(tmp_path / "nope.log"), as_json=False) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read" in err and "Traceback" not in err

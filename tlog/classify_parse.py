@@ -1,0 +1,215 @@
+"""Reading tracebacks out of noisy output: chained exceptions, DataLoader re-raises, rank-prefixed logs,
+C++ ``terminate`` messages, faulthandler dumps and py-spy stacks.
+
+Separate from the classifier so the rules never see text layout, only exceptions with their frames.
+Standard library only, like the classifier that calls it in the supervisor's crash path.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+
+_TB_START = re.compile(r"^(?P<prefix>.*?)(?:Original )?Traceback \(most recent call last\):\s*$")
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S.*?)\s*$')
+_FH_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+_PYSPY_FRAME = re.compile(r"^\s+(?P<func>\S+) \((?P<file>[^()]+):(?P<line>\d+)\)\s*$")
+_CHAIN = re.compile(r"During handling of the above exception|The above exception was the direct cause")
+_EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<msg>.*))?$")
+_STRAY_EXC = re.compile(r"(?:^|[\s\]\)>:|])(?P<type>(?:[A-Za-z_]\w*\.)*_?[A-Z]\w*(?:Error|Exception|Interrupt|"
+                        r"BadZipFile|Unsupported))(?::\s(?P<msg>.*)|\s*$)")
+_EXC_NAME = re.compile(r"(?:^|\.)(?:_?[A-Z]\w*|\w*(?:error|timeout))$")
+_STOP = re.compile(r"^(?:[\w.-]+: |\[|\d{4}-\d\d-\d\d|\s*\d+%\|)")
+_FATAL = re.compile(r"Fatal Python error: (?P<msg>.+)")
+_THREAD = re.compile(r"^(?P<current>Current thread|Thread) (?:0x[0-9a-fA-F]+|\d+).*:\s*$")
+_TERMINATE = re.compile(r"terminate called after throwing an instance of '(?P<type>[^']+)'")
+_WHAT = re.compile(r"^\s*what\(\):\s*(?P<msg>.*)$")
+_LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|/lib/Python\d|<frozen|^<|/usr/lib/")
+WRAPPERS = re.compile(r"in DataLoader worker process|in replica \d+ on device|ChildFailedError|"
+                      r"ProcessRaisedException|ProcessExitedException")
+_RANK_PREFIX = re.compile(r"^\s*\[?(?:rank|RANK)?\s*\d+\]?:")
+CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_MAX_MESSAGE_LINES = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    file: str  # forward slashes, so one set of path patterns serves Windows tracebacks too
+    line: int
+    func: str
+    source: str = ""
+
+    @property
+    def key(self) -> str:
+        """One string per frame so rules can match path, function and code with a single regex."""
+        return f"{self.file}|{self.func}|{self.source}"
+
+    def short(self) -> str:
+        return f"{self.file.rsplit('/', 1)[-1]}:{self.line} in {self.func}"
+
+
+@dataclass(slots=True)
+class Exc:
+    type: str
+    message: str
+    where: str
+    frames: list[Frame] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+    @property
+    def short_type(self) -> str:
+        return self.type.rsplit(".", 1)[-1].rsplit("::", 1)[-1]
+
+    def site(self) -> Frame | None:
+        """The deepest frame in the user's own code: where a practitioner would start reading."""
+        return next((f for f in reversed(self.frames) if not _LIBRARY.search(f.file)), None)
+
+
+def _frame(m: re.Match[str]) -> Frame:
+    return Frame(m["file"].replace("\\", "/"), int(m["line"]), m["func"])
+
+
+@functools.cache
+def rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+# ---------------------------------------------------------------- parsing
+
+def _stripper(prefix: str):
+    """Lines of one traceback share its prefix ("[rank0]:", a timestamp); digits may vary between lines."""
+    loose = re.compile(re.sub(r"\d+", r"\\d+", re.escape(prefix))) if prefix.strip() else None
+
+    def strip(line: str) -> str | None:
+        if line.startswith(prefix):
+            return line[len(prefix):]
+        m = loose.match(line) if loose else None
+        if m:
+            return line[m.end():]
+        return None if _RANK_PREFIX.match(line) else line
+    return strip
+
+
+def _exception_line(body: str) -> tuple[str, str] | None:
+    """(type, message) when the line is shaped like "pkg.SomeError: text"; log lines like "INFO: x" are not."""
+    m = _EXC_LINE.match(body)
+    if not m or body[:1].isspace():
+        return None
+    name = m.group("type")
+    if name.rsplit(".", 1)[-1].isupper():  # INFO:, WARNING:, ERROR: are log levels
+        return None
+    if m.group("msg") is None and not _EXC_NAME.search(name):
+        return None
+    if m.group("msg") is not None and not (_EXC_NAME.search(name) or "." in name):
+        return None
+    return name, m.group("msg") or ""
+
+
+def _continuation(lines: list[str], i: int, strip) -> tuple[str, int]:
+    """Message lines after the exception line: C++ frames, hints, state-dict key lists."""
+    extra: list[str] = []
+    while i < len(lines) and len(extra) < _MAX_MESSAGE_LINES:
+        body = strip(lines[i])
+        if body is None or not body.strip() or _TB_START.match(body) or _CHAIN.search(body) or _STOP.match(body):
+            break
+        extra.append(body.rstrip())
+        i += 1
+    return "\n".join(extra), i
+
+
+def _read_traceback(lines: list[str], i: int, prefix: str, label: str) -> tuple[Exc | None, int]:
+    """Frames, then the first unindented exception-shaped line; gives up after a few stray lines."""
+    strip, frames, stray = _stripper(prefix), [], 0
+    while i < len(lines) and stray < 8:
+        body = strip(lines[i])
+        i += 1
+        if body is None or not body.strip():
+            stray += 1
+        elif fm := _FRAME.match(body):
+            frames.append(_frame(fm))
+        elif exc := _exception_line(body):
+            rest, end = _continuation(lines, i, strip)
+            return Exc(exc[0], exc[1] + ("\n" + rest if rest else ""), f"{label} line {i}", frames), end
+        elif frames and body[:1].isspace():
+            if not frames[-1].source and not set(body.strip()) <= set("^~ "):
+                frames[-1] = Frame(frames[-1].file, frames[-1].line, frames[-1].func, body.strip())
+        else:
+            stray += 1
+    return None, i
+
+
+def _read_faulthandler(lines: list[str], i: int, label: str) -> tuple[Exc, int]:
+    """'Fatal Python error: X' plus the crashing thread's frames (most recent first, so reversed)."""
+    exc = Exc("Fatal Python error", _FATAL.search(lines[i])["msg"].strip(), f"{label} line {i + 1}")
+    blocks = [j for j in range(i + 1, min(len(lines), i + 400)) if _THREAD.match(lines[j].strip())]
+    current = [j for j in blocks if lines[j].strip().startswith("Current")]
+    start = (current or blocks or [len(lines)])[0] + 1
+    j = start
+    while j < len(lines) and (m := _FH_FRAME.match(lines[j])):
+        exc.frames.insert(0, _frame(m))
+        j += 1
+    return exc, (j if start > i + 1 else i + 1)
+
+
+def _read_stray(lines: list[str], i: int, label: str) -> tuple[Exc | None, int]:
+    """An exception line outside any traceback (pasted excerpts, log lines, C++ terminate messages)."""
+    line = lines[i]
+    if m := _FATAL.search(line):
+        return _read_faulthandler(lines, i, label)
+    if (m := _TERMINATE.search(line)) and i + 1 < len(lines) and (w := _WHAT.match(lines[i + 1])):
+        rest, end = _continuation(lines, i + 2, lambda s: s)
+        return Exc(m["type"], w["msg"] + ("\n" + rest if rest else ""), f"{label} line {i + 1}"), end
+    m = _STRAY_EXC.search(line)
+    if not m:
+        return None, i + 1
+    j, extra = i + 1, []
+    while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() and not _FRAME.match(lines[j]):
+        extra.append(lines[j].strip())
+        j += 1
+    message = (m["msg"] or "") + ("\n" + "\n".join(extra) if extra else "")
+    return Exc(m["type"], message, f"{label} line {i + 1}"), j
+
+
+def parse(text: str, label: str = "text") -> list[Exc]:
+    """All exceptions in a blob of output, root cause first: chains oldest first, and an exception
+    re-raised by a wrapper (DataLoader worker, torchrun, mp.spawn) after the original it wraps."""
+    lines = CONTROL.sub("", text).splitlines()
+    found: list[Exc] = []
+    i = 0
+    while i < len(lines):
+        tb = _TB_START.match(lines[i])
+        if tb or _FRAME.match(lines[i]):
+            prefix = tb["prefix"] if tb else ""
+            exc, i = _read_traceback(lines, i + 1 if tb else i, prefix, label)
+        else:
+            exc, i = _read_stray(lines, i, label)
+        if exc is not None:
+            found.append(exc)
+    return sorted(found, key=lambda e: bool(WRAPPERS.search(e.text)))
+
+
+def parse_stack(stack: str) -> list[Frame]:
+    """Frames of the main thread, oldest first, from faulthandler, traceback or py-spy dumps.  faulthandler
+    lists the main thread last and py-spy names it; both print the innermost frame first."""
+    blocks: list[tuple[str, list[str]]] = [("", [])]
+    for line in stack.splitlines():
+        if _THREAD.match(line.strip()) or re.match(r"^Thread \d+ \(\w+\)", line.strip()):
+            blocks.append((line, []))
+        else:
+            blocks[-1][1].append(line)
+    named = [b for b in blocks if "MainThread" in b[0]]
+    frames: list[Frame] = []
+    innermost_first = False
+    for line in (named[0] if named else blocks[-1])[1]:
+        if m := _FRAME.match(line):
+            frames.append(_frame(m))
+        elif m := _FH_FRAME.match(line) or _PYSPY_FRAME.match(line):
+            frames.append(_frame(m))
+            innermost_first = True
+        elif frames and line.startswith("    ") and not frames[-1].source:
+            frames[-1] = Frame(frames[-1].file, frames[-1].line, frames[-1].func, line.strip())
+    return frames[::-1] if innermost_first else frames
