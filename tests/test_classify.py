@@ -170,6 +170,35 @@ def test_phase_inferred_from_frames_and_probe_wins():
     assert classify(FailureRecord(stderr_tail=text, phase="optimization_step")).phase == "optimization_step"
 
 
+def test_socket_error_in_dataset_without_workers_is_network():
+    text = """Traceback (most recent call last):
+  File "/home/a/train.py", line 30, in <module>
+    for x, y in loader:
+  File "/usr/lib/python3.11/site-packages/torch/utils/data/dataloader.py", line 733, in __next__
+    data = self._next_data()
+  File "/usr/lib/python3.11/site-packages/torch/utils/data/_utils/fetch.py", line 52, in fetch
+    data = [self.dataset[idx] for idx in possibly_batched_index]
+  File "/home/a/data.py", line 12, in __getitem__
+    return self.client.get(self.keys[i])
+ConnectionResetError: [Errno 104] Connection reset by peer"""
+    d = classify_text(text)
+    assert (d.category, d.transient) == ("network", True), (d.rule, d.cause)
+
+
+def test_probe_phase_refined_by_frames_and_tlog_frames_are_not_the_site():
+    text = """Traceback (most recent call last):
+  File "/home/a/train.py", line 41, in <module>
+    loss = F.cross_entropy(out, y)
+  File "/work/main/tlog/hook/probes/losses.py", line 60, in wrapper
+    return original(*args, **kwargs)
+  File "/usr/lib/python3.11/site-packages/torch/nn/functional.py", line 3494, in cross_entropy
+    return torch._C._nn.cross_entropy_loss(input, target, weight)
+IndexError: Target 10 is out of bounds."""
+    d = classify(FailureRecord(stderr_tail=text, phase="forward_pass", exit_code=1))
+    assert (d.category, d.phase) == ("loss_computation", "loss_computation")
+    assert "train.py:41" in d.cause and "losses.py" not in d.cause
+
+
 def test_hook_chain_root_cause():
     d = classify(FailureRecord(exc_type="urllib.error.URLError", message="<urlopen error [Errno 111]>",
                                chain=({"type": "ConnectionRefusedError", "message": "[Errno 111] refused"},)))

@@ -35,7 +35,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_clean_run_writes_every_file_with_exact_values(runner: Runner) -> None:
-    res = runner.run("run", "--name", "clean", script("steps.py"), "--epochs", "2", "--log-acc",
+    res = runner.run("run", "--name", "clean", "--log-every", "1", script("steps.py"), "--epochs", "2", "--log-acc",
                      "--save", str(runner.cwd / "ck{epoch}.pt"))
     assert res.returncode == 0, res.stderr
     exp = runner.exp("clean")
@@ -70,7 +70,7 @@ def test_clean_run_writes_every_file_with_exact_values(runner: Runner) -> None:
 
 
 def test_crash_mid_epoch_keeps_metrics_and_records_traceback(runner: Runner) -> None:
-    res = runner.run("run", "--name", "crash", script("steps.py"), "--crash-at", "6")
+    res = runner.run("run", "--name", "crash", "--log-every", "1", script("steps.py"), "--crash-at", "6")
     assert res.returncode == 1
     assert "planted failure at step 6" in res.stderr, "the script's traceback still reaches the terminal"
     rows = csv_rows(runner.exp("crash") / "training_metrics.csv")
@@ -89,7 +89,8 @@ def test_crash_mid_epoch_keeps_metrics_and_records_traceback(runner: Runner) -> 
 
 
 def test_sigkill_of_the_child_loses_no_event(runner: Runner) -> None:
-    proc = runner.popen("run", "--name", "k9", script("steps.py"), "--epochs", "50", "--hold-at", "37")
+    proc = runner.popen("run", "--name", "k9", "--log-every", "1", script("steps.py"), "--epochs", "50",
+                        "--hold-at", "37")
     seen = ""
     while "READY" not in seen:
         line = proc.stdout.readline()
@@ -213,8 +214,8 @@ def test_bad_names_refused(runner: Runner, bad: str) -> None:
 
 
 def test_same_name_twice_does_not_clobber(runner: Runner) -> None:
-    first = runner.run("run", "--name", "same", script("steps.py"), "--epochs", "1")
-    second = runner.run("run", "--name", "same", script("steps.py"), "--epochs", "2")
+    first = runner.run("run", "--name", "same", "--log-every", "1", script("steps.py"), "--epochs", "1")
+    second = runner.run("run", "--name", "same", "--log-every", "1", script("steps.py"), "--epochs", "2")
     assert first.returncode == second.returncode == 0
     assert "this run is 'same-2'" in second.stderr
     assert len(csv_rows(runner.exp("same") / "training_metrics.csv")) == 4

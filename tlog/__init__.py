@@ -20,7 +20,7 @@ __all__ = ["checkpoint", "config", "log", "phase", "resume_checkpoint"]
 
 _COMPAT = frozenset({
     "TrainingLoggingManager", "TrainingLogger", "TrainingProgressTracker", "ErrorInfo",
-    "TrainingMetrics", "ErrorCategory", "TrainingPhase",
+    "TrainingMetrics", "ErrorCategory", "TrainingPhase", "RobustErrorHandler",
 })
 
 

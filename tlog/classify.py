@@ -150,6 +150,8 @@ def _diagnose(rule: R.Rule, exc: Exc | None, where: str, hit: str, record: Failu
     inferred, phase_frame = infer_phase(frames)
     probe = normalise_phase(record.phase)
     phase = probe or inferred or rule.phase
+    if probe and inferred and (probe, inferred) in R.PHASE_REFINEMENTS:
+        phase = inferred
     category = rule.category
     by_phase = R.PHASE_CATEGORY.get(phase or "")
     if rule.by_phase and by_phase and (by_phase != R.CONFIG or rule.category == R.UNKNOWN):

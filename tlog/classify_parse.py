@@ -25,7 +25,7 @@ _FATAL = re.compile(r"Fatal Python error: (?P<msg>.+)")
 _THREAD = re.compile(r"^(?P<current>Current thread|Thread) (?:0x[0-9a-fA-F]+|\d+).*:\s*$")
 _TERMINATE = re.compile(r"terminate called after throwing an instance of '(?P<type>[^']+)'")
 _WHAT = re.compile(r"^\s*what\(\):\s*(?P<msg>.*)$")
-_LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|/lib/Python\d|<frozen|^<|/usr/lib/")
+_LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|/lib/Python\d|<frozen|^<|/usr/lib/|/tlog/hook/")
 WRAPPERS = re.compile(r"in DataLoader worker process|in replica \d+ on device|ChildFailedError|"
                       r"ProcessRaisedException|ProcessExitedException")
 _RANK_PREFIX = re.compile(r"^\s*\[?(?:rank|RANK)?\s*\d+\]?:")

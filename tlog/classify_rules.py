@@ -62,6 +62,7 @@ class Rule:
 
 _SIZE = r"([\d.]+ ?[KMGTP]?i?B)"
 _MP_FRAMES = r"multiprocessing/|torch/utils/data/|popen_spawn|resource_sharer"
+_IPC_FRAMES = r"multiprocessing/(?:connection|queues|reduction|resource_sharer)|popen_spawn|resource_sharer"
 _NET_TYPES = (
     "ConnectionError", "ConnectionResetError", "ConnectionRefusedError", "ConnectionAbortedError", "TimeoutError",
     "URLError", "HTTPError", "SSLError", "SSLCertVerificationError", "MaxRetryError", "NewConnectionError",
@@ -172,7 +173,7 @@ RULES: tuple[Rule, ...] = (
     Rule("worker_connection", DATA, "lost the connection to a DataLoader worker (a worker died)",
          reason="socket errors inside multiprocessing frames are DataLoader IPC, not the network",
          types=("ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError", "EOFError"),
-         frames=_MP_FRAMES),
+         frames=_IPC_FRAMES),
     Rule("hub_config", CONFIG, "model/repository name or access token is wrong",
          reason="an unknown or gated Hub repository fails the same way on every retry",
          message=r"is not a valid model identifier|Repository Not Found|RepositoryNotFoundError|GatedRepoError|"
@@ -376,9 +377,11 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
     ("optimization_step", True,
      r"torch/optim/|\w*(?:optim|opt|optimizer|scaler|sched\w*)\.step\(|\.zero_grad\(|clip_grad_norm_|\|"
      r"optimizer_step\|"),
+    ("initialization", True,
+     r"torch/serialization\.py\|(?!_?(?:legacy_)?save)|torch\.load\(|\.load_state_dict\(|\|load_model\||"
+     r"safetensors/torch\.py\|load"),
     ("checkpoint_saving", True,
-     r"torch/serialization\.py|safetensors|torch\.(?:save|load)\(|\.load_state_dict\(|(?i:checkpoint|ckpt)|\|"
-     r"(?:save|save_model|load_model|save_pretrained)\|"),
+     r"torch/serialization\.py|safetensors|torch\.save\(|(?i:checkpoint|ckpt)|\|(?:save|save_model|save_pretrained)\|"),
     ("validation", True,
      r"\|(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\|"),
     ("model_setup", True,
@@ -389,6 +392,11 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
     ("forward_pass", False,
      r"\|forward\||\|_conv_forward\||torch/nn/modules/|torch/nn/functional\.py|transformers/models/|timm/models/"),
 )
+
+# The probe's phase is coarse where it cannot see inside a step: a loss computed after the forward pass,
+# a checkpoint loaded before the first step.  Frames that show the finer phase win over these readings.
+PHASE_REFINEMENTS = frozenset({("forward_pass", "loss_computation"), ("data_loading", "initialization"),
+                               ("forward_pass", "initialization")})
 
 # Hangs: (name, category, summary, reason, regex over a frame), checked from the innermost frame outwards.
 HANG_RULES: tuple[tuple[str, str, str, str, str], ...] = (

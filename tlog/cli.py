@@ -37,6 +37,11 @@ class _RunCommand(TyperCommand):
     """Remembers whether the target came after ``--`` (a command) or not (a Python script)."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if "--scrape" in args:  # a bare --scrape takes a pattern only if it has a named group
+            from tlog.supervisor.scrape import expand_cli_args
+
+            args = expand_cli_args(args, frozenset(opt for p in self.params if p.param_type_name == "option"
+                                                   and not getattr(p, "is_flag", False) for opt in p.opts))
         ctx.meta["tlog_args"] = list(args)
         return super().parse_args(ctx, args)
 
@@ -53,27 +58,86 @@ def run(
     log_dir: LogDir = DEFAULT_LOG_DIR,
     grace: Annotated[float, typer.Option(help="Seconds between forwarding Ctrl-C/SIGTERM and killing.")] = 10.0,
     no_instrument: Annotated[bool, typer.Option("--no-instrument",
-                                                help="Do not patch torch in the child.")] = False,
+                                                help="Do not patch torch (or argparse) in the child.")] = False,
+    log_every: Annotated[int, typer.Option(min=0, help="Captured metrics: one row every N optimizer steps "
+                                           "with the mean loss of those N (1: every step, exact). Default 0: "
+                                           "the first step, then at most every 0.5 s.")] = 0,
+    grad_norm: Annotated[int, typer.Option(min=0, help="Record the total gradient norm every N steps "
+                                           "(0: off).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not echo the script's output.")] = False,
     panel: Annotated[bool | None, typer.Option("--panel/--no-panel", help="Live panel (default: when stdout "
                                                 "is a terminal).", show_default=False)] = None,
     status_every: Annotated[float, typer.Option(help="Off a terminal: seconds between status lines "
                                                      "on stderr (0: none).")] = 30.0,
     monitor_interval: Annotated[float, typer.Option(help="Seconds between resource readings.")] = 0.5,
+    hang_timeout: Annotated[float | None, typer.Option(
+        min=0.001, help="Seconds without progress (step, metrics or phase event) after which the run is "
+        "declared hung: its stacks are dumped (SIGUSR1), it is stopped and the restart policy applies. "
+        "Default: off.", show_default=False)] = None,
+    restart_mode: Annotated[str, typer.Option("--restart", help="'never' or 'on-failure'.")] = "never",
+    max_restarts: Annotated[int, typer.Option(help="Restarts allowed with --restart on-failure.")] = 3,
+    restart_on: Annotated[str | None, typer.Option(
+        help="Categories worth a restart, comma-separated, or 'all' (default: the transient ones: "
+        "memory,network,device,system).", show_default=False)] = None,
+    backoff: Annotated[float, typer.Option(help="Seconds before the first restart; doubles each time.")] = 1.0,
+    backoff_max: Annotated[float, typer.Option(help="Cap on the delay between restarts, in seconds.")] = 60.0,
+    resume_arg: Annotated[str | None, typer.Option(
+        help="Arguments appended on restarts only, e.g. '--resume {checkpoint}' ({step} also works).",
+        show_default=False)] = None,
+    checkpoint_glob: Annotated[str | None, typer.Option(
+        help="Resume from the newest file matching this glob (default: the newest checkpoint the run "
+        "announced).", show_default=False)] = None,
+    scrape: Annotated[list[str] | None, typer.Option(
+        "--scrape", metavar="[REGEX]", show_default=False,
+        help="Read metrics from output lines (for programs tlog cannot hook): alone, key: value and key=value "
+        "pairs of numbers; with REGEX (repeatable), the named groups of your pattern, e.g. "
+        "'loss (?P<loss>\\S+)'; groups step/epoch/batch set the position. Default: off.")] = None,
+    nproc_per_node: Annotated[str | None, typer.Option(
+        "--nproc-per-node", "--nproc_per_node", show_default=False,
+        help="Distributed: run SCRIPT under torchrun with this many workers on this node (or gpu, cpu, auto); "
+        "every rank is recorded.")] = None,
+    nnodes: Annotated[str | None, typer.Option("--nnodes", show_default=False, help="torchrun: number of "
+                                               "nodes, N or MIN:MAX (default 1).")] = None,
+    node_rank: Annotated[int | None, typer.Option("--node-rank", "--node_rank", show_default=False,
+                                                  help="torchrun: this node's rank (0..N-1).")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option("--rdzv-endpoint", "--rdzv_endpoint", show_default=False,
+                                                      help="torchrun: rendezvous HOST:PORT.")] = None,
+    rdzv_backend: Annotated[str | None, typer.Option("--rdzv-backend", "--rdzv_backend", show_default=False,
+                                                     help="torchrun: rendezvous backend (c10d, static...).")] = None,
+    rdzv_id: Annotated[str | None, typer.Option("--rdzv-id", "--rdzv_id", show_default=False,
+                                                help="torchrun: job id (default: the experiment name).")] = None,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", "--master_addr", show_default=False,
+                                                    help="torchrun: static rendezvous address.")] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", "--master_port", show_default=False,
+                                                    help="torchrun: static rendezvous port.")] = None,
 ) -> None:
     """Run a training script (or any command) under tlog's supervision."""
     from tlog.store.layout import ExperimentError
     from tlog.supervisor.launch import LaunchError
+    from tlog.supervisor.restart import RestartPolicy, check_template
+    from tlog.supervisor.scrape import compile_patterns
     from tlog.supervisor.session import RunOptions, Session
+    from tlog.supervisor.torchrun import dist_options
 
     target = target or []
     raw = ctx.meta.get("tlog_args", [])
     is_command = bool(target) and len(raw) > len(target) and raw[-len(target) - 1] == "--"
     if not target:
         raise Fail("nothing to run: tlog run SCRIPT [ARGS]... or tlog run -- CMD [ARGS]...", 2)
+    try:
+        policy = RestartPolicy.parse(restart_mode, max_restarts, restart_on, backoff, backoff_max)
+        check_template(resume_arg)
+        compile_patterns(p for p in scrape or () if p)
+        dist = dist_options(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_backend, rdzv_id, master_addr,
+                            master_port, is_command=is_command, name=name)
+    except ValueError as exc:
+        raise Fail(str(exc), 2) from None
     opts = RunOptions(target=tuple(target), is_command=is_command, name=name, log_dir=str(log_dir),
                       grace=grace, instrument=not no_instrument, quiet=quiet, panel=panel,
-                      status_every=status_every, monitor_interval=monitor_interval)
+                      status_every=status_every, monitor_interval=monitor_interval, hang_timeout=hang_timeout,
+                      restart_policy=policy, resume_arg=resume_arg, checkpoint_glob=checkpoint_glob,
+                      log_every=log_every, grad_norm=grad_norm, scrape=tuple(scrape or ()),
+                      settings=_settings().saved(), dist=dist)
     session = Session(opts)
     try:
         session.prepare()
@@ -86,7 +150,7 @@ def run(
 
 @app.command()
 def summary(exp: Exp = None, log_dir: LogDir = DEFAULT_LOG_DIR, as_json: AsJson = False) -> None:
-    """Status, steps, metrics (last and best), resources, checkpoints and errors of a run."""
+    """Status, duration, steps, throughput, metrics (last and best), resources, checkpoints, errors, config."""
     from tlog.report import load_summary
     from tlog.views import tables
 
@@ -102,35 +166,89 @@ def errors(
     exp: Exp = None,
     log_dir: LogDir = DEFAULT_LOG_DIR,
     category: Annotated[str | None, typer.Option("--category", "-c", help="Only this category.")] = None,
+    phase: Annotated[str | None, typer.Option("--phase", "-p", help="Only failures in this phase.")] = None,
+    traceback: Annotated[bool, typer.Option("--traceback", "-t", help="Print the full traceback.")] = False,
     show_all: Annotated[bool, typer.Option("--all", help="Every experiment in the log dir.")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """The classified failures of a run (or of every run with --all)."""
-    from tlog.report import load_errors
+    """The classified failures of a run (or of every run with --all): cause, phase, attempt, recovery."""
+    from tlog.report import ReportError, filter_errors, load_errors
     from tlog.store.layout import list_experiments
     from tlog.views import tables
 
     dirs = list_experiments(log_dir) if show_all else [_resolve(exp, log_dir)]
-    rows = [err for d in dirs for err in load_errors(d) if category is None or err.get("category") == category]
+    try:
+        rows = filter_errors([err for d in dirs for err in load_errors(d)], category, phase)
+    except ReportError as exc:
+        raise Fail(str(exc), 2) from None
     if as_json:
         _print_json(rows)
     else:
-        tables.print_errors(rows, show_experiment=show_all)
+        tables.print_errors(rows, show_experiment=show_all, traceback=traceback)
 
 
 @app.command()
 def plot(
-    exp: Exp = None,
+    exps: Annotated[list[str] | None, typer.Argument(help="Experiments to overlay (default: the newest).",
+                                                     show_default=False)] = None,
     log_dir: LogDir = DEFAULT_LOG_DIR,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (PNG, SVG or PDF; "
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="Metric to draw (repeatable; its "
+                                                     "validation twin comes along). Default: all.",
+                                                     show_default=False)] = None,
+    smooth: Annotated[float, typer.Option(min=0.0, max=0.999, help="Smoothing weight, 0 for none "
+                                          "(TensorBoard's debiased EMA).")] = 0.6,
+    x: Annotated[str, typer.Option("--x", help="x axis: step, epoch or time.")] = "step",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (.png, .svg or .pdf; "
                                                  "default: <exp>/plots/training_progress.png).")] = None,
+    ranks: Annotated[str | None, typer.Option("--ranks", show_default=False, help="Distributed runs: one curve "
+                                              "per rank, 'all' or a comma list (0,3). Default: rank 0's.")] = None,
 ) -> None:
-    """Draw loss, accuracy, learning rate and errors against the step."""
-    from tlog.views.plot import plot_experiment
+    """Draw metrics (validation on the same axes), memory, errors and restarts; several runs overlaid."""
+    from tlog.views.plot import PlotError, PlotOptions, parse_ranks, write_plot
 
-    exp_dir = _resolve(exp, log_dir)
-    path = plot_experiment(exp_dir, output)
+    plot_config = _settings()["plot_config"]
+    dirs = [_resolve(e, log_dir) for e in exps] if exps else [_resolve(None, log_dir)]
+    try:
+        opts = PlotOptions(metrics=metric, smoothing=smooth, x=x, figure_size=plot_config["figure_size"],
+                           dpi=plot_config["dpi"], save_format=plot_config["save_format"],
+                           ranks=None if ranks is None else parse_ranks(ranks))
+        path = write_plot(dirs, output, opts)
+    except PlotError as exc:
+        raise Fail(str(exc), 2) from None
+    for note in opts.notes:
+        typer.echo(f"note: {note}", err=True)
     typer.echo(f"plot written to {path}")
+
+
+@app.command()
+def compare(
+    exps: Annotated[list[str], typer.Argument(help="Two or more experiments.", show_default=False)],
+    log_dir: LogDir = DEFAULT_LOG_DIR,
+    as_json: AsJson = False,
+) -> None:
+    """Configuration differences and final/best metrics of several runs, side by side."""
+    from tlog.report import compare as compare_runs
+    from tlog.views import tables
+
+    if len(exps) < 2:
+        raise Fail("compare needs at least two experiments", 2)
+    result = compare_runs([_resolve(e, log_dir) for e in exps])
+    if as_json:
+        _print_json(result)
+    else:
+        tables.print_compare(result)
+
+
+@app.command("classify")
+def classify_cmd(
+    source: Annotated[str, typer.Argument(help="A file holding a traceback or a whole log "
+                                               "(Slurm output, a paste); - reads stdin.")],
+    as_json: AsJson = False,
+) -> None:
+    """Diagnose a traceback or log from anywhere: category, phase, transient or not, cause, evidence."""
+    from tlog.views.diagnosis import classify_command
+
+    raise typer.Exit(classify_command(source, as_json=as_json))
 
 
 @app.command()
@@ -145,16 +263,57 @@ def watch(exp: Exp = None, log_dir: LogDir = DEFAULT_LOG_DIR,
 
 
 @app.command("ls")
-def list_runs(log_dir: LogDir = DEFAULT_LOG_DIR, as_json: AsJson = False) -> None:
-    """Experiments in the log dir, newest first."""
-    from tlog.report import list_summaries
+def list_runs(
+    pattern: Annotated[str | None, typer.Argument(help="Only names matching this glob (or containing it).",
+                                                  show_default=False)] = None,
+    log_dir: LogDir = DEFAULT_LOG_DIR,
+    status: Annotated[str | None, typer.Option("--status", "-s", help="Only runs with this status "
+                                               "('restarted': any run that restarted).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Experiments in the log dir, newest first: status, start, duration, steps, best loss, errors."""
+    from tlog.report import ReportError, list_summaries
     from tlog.views import tables
 
-    rows = list_summaries(log_dir)
+    try:
+        rows = list_summaries(log_dir, status=status, pattern=pattern)
+    except ReportError as exc:
+        raise Fail(str(exc), 2) from None
     if as_json:
         _print_json(rows)
     else:
         tables.print_list(rows)
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Settings files: tlog.toml or [tool.tlog] in pyproject.toml.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("init")
+def config_init(
+    path: Annotated[Path, typer.Argument(help="File to write.")] = Path("tlog.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a starter tlog.toml with the defaults, ready to edit."""
+    from tlog.settings import ConfigError, init
+
+    try:
+        typer.echo(f"wrote {init(path, force)}")
+    except (ConfigError, OSError) as exc:
+        raise Fail(str(exc), 2) from None
+
+
+@config_app.command("show")
+def config_show(as_json: AsJson = False) -> None:
+    """The effective settings and where each comes from (CLI options still override them)."""
+    from tlog.settings import effective
+    from tlog.views import tables
+
+    result = effective(_settings())
+    if as_json:
+        _print_json(result)
+    else:
+        tables.print_settings(result)
 
 
 def _resolve(exp: str | None, log_dir: Path) -> Path:
@@ -163,6 +322,30 @@ def _resolve(exp: str | None, log_dir: Path) -> Path:
     try:
         return resolve(exp, log_dir)
     except ExperimentError as exc:
+        raise Fail(str(exc), 2) from None
+
+
+def _settings():  # -> tlog.settings.Settings
+    from tlog.settings import ConfigError, load
+
+    try:
+        return load()
+    except ConfigError as exc:
+        raise Fail(str(exc), 2) from None
+
+
+def _option_defaults(command: typer.core.TyperGroup) -> dict:
+    """Settings files as click's default_map: below the command line and the environment, above defaults.
+
+    A broken settings file stops every command with one line, except ``config`` (to fix or show it) and help.
+    """
+    from tlog.settings import ConfigError, option_defaults
+
+    try:
+        return option_defaults(_settings(), command.commands["run"].params)
+    except (Fail, ConfigError) as exc:
+        if sys.argv[1:2] == ["config"] or "--help" in sys.argv:
+            return {}
         raise Fail(str(exc), 2) from None
 
 
@@ -175,7 +358,8 @@ def _print_json(obj: object) -> None:
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a Python traceback."""
     try:
-        app()
+        command = typer.main.get_command(app)
+        command(default_map=_option_defaults(command))
     except Fail as exc:
         _die(str(exc), exc.code)
     except KeyboardInterrupt:

@@ -1,12 +1,18 @@
-"""Crash capture inside the child: the excepthook and faulthandler.
+"""Crash capture inside the child: the excepthook, faulthandler, and the stack-dump signal.
 
 The hook only reports; deciding that the run failed is the supervisor's job
-(from the exit status), so a crash event is evidence, not a verdict.
+(from the exit status), so a crash event is evidence, not a verdict.  Native
+crashes (SIGSEGV, SIGABRT, SIGBUS...) leave no exception: faulthandler writes
+the Python stacks to stderr, where the supervisor's stderr tail catches them.
+For hang detection the supervisor asks (TLOG_STACK_SIGNAL) for a signal that
+dumps every thread's stack and lets the process run on.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import os
+import signal
 import sys
 import traceback
 from types import TracebackType
@@ -14,6 +20,7 @@ from types import TracebackType
 from tlog.hook import emitter as _emitter
 
 MAX_FRAMES = 200
+ENV_STACK_SIGNAL = "TLOG_STACK_SIGNAL"
 
 
 def crash_payload(exc: BaseException, phase: str | None) -> dict:
@@ -61,7 +68,21 @@ def install() -> None:
 
     sys.excepthook = excepthook
     if not faulthandler.is_enabled():
-        faulthandler.enable(all_threads=True)
+        faulthandler.enable(all_threads=True)  # SIGSEGV/SIGABRT/SIGBUS/SIGFPE/SIGILL: Python stacks on stderr
+    register_stack_dump(os.environ.get(ENV_STACK_SIGNAL))
+
+
+def register_stack_dump(name: str | None) -> bool:
+    """Dump every thread's stack to stderr on signal ``name`` (e.g. SIGUSR1), without stopping the process.
+
+    The supervisor asks for it (through the environment) only when it watches for hangs: on a hang it sends
+    that signal and reads the dump from stderr to tell where the main thread is stuck.
+    """
+    signum = getattr(signal, name, None) if name and name.startswith("SIG") else None
+    if not isinstance(signum, int) or not hasattr(faulthandler, "register"):
+        return False
+    faulthandler.register(signum, all_threads=True, chain=False)
+    return True
 
 
 def report(exc: BaseException) -> None:

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tlog.hook import crash
-from tlog.hook.emitter import StoreEmitter
+from tlog.hook import crash, emitter
+from tlog.hook.emitter import Emitter, StoreEmitter
 
 
 def default_name() -> str:
@@ -24,11 +24,13 @@ def default_name() -> str:
     return f"{Path(script).stem or 'python'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def open_direct_emitter() -> StoreEmitter:
+def open_direct_emitter(name: str | None = None, log_dir: str | os.PathLike | None = None) -> StoreEmitter:
+    """Claim a new experiment directory and write it; ``name``/``log_dir`` (the seed API's) win over the
+    environment's ``TLOG_NAME``/``TLOG_LOG_DIR``, which win over the defaults."""
     from tlog.store import layout
 
-    log_dir = Path(os.environ.get("TLOG_LOG_DIR", layout.DEFAULT_LOG_DIR))
-    name = os.environ.get("TLOG_NAME") or default_name()
+    log_dir = Path(log_dir or os.environ.get("TLOG_LOG_DIR") or layout.DEFAULT_LOG_DIR)
+    name = name or os.environ.get("TLOG_NAME") or default_name()
     exp_dir, _ = layout.create_experiment_dir(log_dir, name)
     em = StoreEmitter(str(exp_dir))
     em.emit("meta", {
@@ -42,6 +44,21 @@ def open_direct_emitter() -> StoreEmitter:
     em.emit("attempt", {"event": "start", "attempt": 1, "pid": os.getpid()}, attempt=1)
     crash.install()
     atexit.register(_finish, em)
+    return em
+
+
+def install(name: str | None = None, log_dir: str | os.PathLike | None = None) -> Emitter:
+    """The process's emitter; with none yet and no supervisor, a direct one for ``log_dir/name``.
+
+    Used by the seed API, whose constructor names the experiment before any
+    event is sent; once an emitter exists (under ``tlog run``, or after a first
+    ``tlog.log``) it is returned as it is.
+    """
+    em = emitter.current()
+    if em is None:
+        if os.environ.get(emitter.ENV_SUPERVISED) == "1":
+            return emitter.get()
+        em = emitter._emitter = open_direct_emitter(name, log_dir)
     return em
 
 

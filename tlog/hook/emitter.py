@@ -3,7 +3,10 @@
 Runs inside the training process, so it is stdlib-only and the path of
 ``tlog.log()`` is a few attribute reads, one ``dumps`` and one ``write``.
 Events are written synchronously: an event that ``log()`` returned from is in
-the pipe, so a SIGKILL a moment later loses nothing.
+the pipe, so a SIGKILL a moment later loses nothing.  The one exception is a
+value that lives on an accelerator: reading it would stall the device queue,
+so once the torch probe runs, a ``tlog.log`` call holding such a tensor is
+held back and read, with everything else pending, at the probe's next report.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from tlog import protocol
 
 ENV_SUPERVISED = "TLOG_SUPERVISED"
 ENV_DISABLE = "TLOG_DISABLE"
+MAX_DEFERRED = 1000  # held-back tlog.log calls before they are read anyway (one device sync per this many)
+MAX_DEFERRED_S = 5.0  # ... or once the oldest has waited this long
 
 
 def _context_from_env() -> dict[str, int]:
@@ -44,6 +49,9 @@ class Emitter:
         self.enabled = True
         self.crashed = False
         self.context = _context_from_env()
+        self.defer_devices = False  # set by the torch probe, which then calls flush_deferred at each report
+        self.deferred: list[tuple[dict, int | None, int | None, int | None, str | None]] = []
+        self._deferred_since = 0.0
         self._warned: set[str] = set()
 
     def emit(self, kind: str, data: dict, **context: Any) -> None:
@@ -68,6 +76,9 @@ class Emitter:
                 clean[key] = value if value - value == 0 else protocol.finite(value)
             elif cls is int or cls is str or value is None:
                 clean[key] = value
+            elif self.defer_devices and getattr(value, "is_cpu", True) is False:
+                self._defer(data, step, epoch, batch, src)
+                return
             else:
                 clean[key] = _scalar(value)
         self.emit("metrics", clean,
@@ -75,16 +86,50 @@ class Emitter:
                   epoch=self.epoch if epoch is None else epoch,
                   batch=self.batch if batch is None else batch, src=src)
 
+    def _defer(self, data: dict, step: int | None, epoch: int | None, batch: int | None, src: str | None) -> None:
+        """Hold a call with a device tensor back, at its loop position, until the next report reads it."""
+        held = {k: v.detach() if getattr(v, "is_cpu", True) is False else v for k, v in data.items()}
+        now = time.monotonic()
+        if not self.deferred:
+            self._deferred_since = now
+        self.deferred.append((held, self.step if step is None else step, self.epoch if epoch is None else epoch,
+                              self.batch if batch is None else batch, src))
+        if len(self.deferred) >= MAX_DEFERRED or now - self._deferred_since > MAX_DEFERRED_S:
+            self.flush_deferred()  # no report came (a loop without steps): read them anyway, rarely
+
+    def take_deferred(self) -> tuple[list, list[Any]]:
+        """The held-back calls and their device tensors, for a caller that reads those with its own (the probe's
+        report: one transfer for everything); hand both back to ``emit_deferred`` with the values."""
+        held, self.deferred = self.deferred, []
+        return held, [v for data, *_ in held for v in data.values() if getattr(v, "is_cpu", True) is False]
+
+    def emit_deferred(self, held: list, values: list[float]) -> None:
+        """Emit held-back calls in order, each device tensor replaced by its value (in ``take_deferred`` order)."""
+        read = iter(values)
+        for data, step, epoch, batch, src in held:
+            self.metrics({k: next(read) if getattr(v, "is_cpu", True) is False else v for k, v in data.items()},
+                         step, epoch, batch, src)
+
+    def flush_deferred(self) -> None:
+        """Emit the held-back calls now, their device values read together (one sync)."""
+        if not self.deferred:
+            return
+        held, tensors = self.take_deferred()
+        try:
+            self.emit_deferred(held, read_scalars(tensors))
+        except Exception as exc:  # noqa: BLE001 - a device gone bad: the values are lost, the run is not
+            self.warn_once("deferred", f"tlog: could not read logged device tensors: {exc!r}", "probe")
+
     def warn(self, message: str, category: str = "system") -> None:
         """A warning event (NaN loss, a probe switching itself off, ...)."""
         self.emit("warning", {"message": message, "category": category},
                   step=self.step, epoch=self.epoch, batch=self.batch)
 
-    def warn_once(self, key: str, message: str) -> None:
+    def warn_once(self, key: str, message: str, category: str = "system") -> None:
         if key in self._warned:
             return
         self._warned.add(key)
-        self.warn(message)
+        self.warn(message, category)
 
     def _complain(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -162,6 +207,21 @@ def _needs_roundtrip(data: dict) -> bool:
     return any(not isinstance(v, (int, float, str, type(None))) for v in data.values())
 
 
+def read_scalars(tensors: list[Any]) -> list[float]:
+    """Python numbers of one-element tensors, read with one transfer (a single sync for device tensors).
+
+    Imports torch lazily: only the probe, or a caller that holds tensors, gets here.
+    """
+    if not tensors:
+        return []
+    import torch
+
+    try:
+        return torch.stack([t if t.dim() == 0 else t.reshape(()) for t in tensors]).tolist()
+    except (RuntimeError, TypeError):  # mixed devices or shapes: one read each, still correct
+        return [float(t) for t in tensors]
+
+
 def _scalar(value: Any) -> Any:
     """A tensor, numpy scalar or bool as a wire number (reading a tensor is the caller's sync)."""
     if isinstance(value, bool):
@@ -184,12 +244,27 @@ def get() -> Emitter:
     return _emitter
 
 
+def silence() -> None:
+    """This process must not report (a multiprocessing helper, a subprocess whose output its parent reads):
+    ``tlog.log`` and friends become no-ops in it."""
+    global _emitter
+    _emitter = _silent()
+
+
+def _silent() -> Emitter:
+    em = Emitter()
+    em.enabled = False
+    return em
+
+
 def current() -> Emitter | None:
     """The emitter if one exists already (the crash hook must not create one)."""
     return _emitter
 
 
 def _create() -> Emitter:
+    if os.environ.get(ENV_DISABLE) == "1":  # the kill switch: tlog does nothing at all, the script runs
+        return _silent()
     if os.environ.get(ENV_SUPERVISED) == "1":
         return WireEmitter()
     from tlog.hook.direct import open_direct_emitter

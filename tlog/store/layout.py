@@ -56,8 +56,52 @@ def create_experiment_dir(log_dir: Path, name: str) -> tuple[Path, bool]:
     raise ExperimentError(f"no free experiment name left for {name!r} in {log_dir}")
 
 
+def join_experiment_dir(log_dir: Path, name: str, node: int) -> Path:
+    """One node's share of a multi-node experiment: ``log_dir/name``, created by whichever node comes first.
+
+    The nodes of one job run ``tlog run --nnodes N --name NAME`` each, on a shared filesystem; each writes its
+    own files (:func:`node_file`), so no two processes ever append to one file.  Claiming this node's events
+    file with O_EXCL refuses a second supervisor for the same node, or a name reused by an earlier job.
+    """
+    validate_name(name)
+    exp_dir = log_dir / name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    events = exp_dir / node_file(EVENTS, node)
+    try:
+        os.close(os.open(events, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise ExperimentError(f"experiment {name!r} already has node {node}'s files ({events.name}): another run "
+                              f"used this --name and --node-rank; give this job a new --name") from None
+    return exp_dir
+
+
+def node_file(name: str, node: int | None) -> str:
+    """``events.jsonl`` for node 0 (and single-node runs), ``events.node2.jsonl`` for node 2."""
+    if not node:
+        return name
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}.node{node}.{ext}"
+
+
+def node_ids(exp_dir: Path) -> list[int]:
+    """The nodes that wrote into ``exp_dir`` (``[0]`` for a single-node run), from their events files."""
+    found = {0} if (exp_dir / EVENTS).is_file() else set()
+    try:
+        names = [p.name for p in exp_dir.glob("events.node*.jsonl")]
+    except OSError:
+        names = []
+    found.update(int(n[len("events.node"):-len(".jsonl")]) for n in names
+                 if n[len("events.node"):-len(".jsonl")].isdigit())
+    return sorted(found)
+
+
+def is_multi_node(exp_dir: Path) -> bool:
+    """Whether several nodes' files must be merged: reports then read every node's events, by time."""
+    return any(n for n in node_ids(exp_dir))
+
+
 def is_experiment(path: Path) -> bool:
-    return (path / EVENTS).is_file()
+    return (path / EVENTS).is_file() or any(path.glob("events.node*.jsonl"))
 
 
 def started_at(exp_dir: Path) -> float:

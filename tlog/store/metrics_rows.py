@@ -6,6 +6,11 @@ auto-captured one of the same name.  The row is written when the next step
 begins, so a row is complete when it reaches the file.  The seed's derived
 columns (training_time, best_loss, best_accuracy, patience_counter,
 memory_usage, gpu_memory) are filled here.
+
+In a distributed run the ranks' events interleave, so each rank keeps its own
+open row and its own running bests (parked while another rank's events come
+in); a rank's memory columns are its own processes' (``rank<r>_rss_mb`` of the
+resource samples) when the monitor knows them, else the whole node's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ SEED_COLUMNS = (
 )
 _DERIVED = frozenset({"timestamp", "training_time", "best_loss", "best_accuracy", "patience_counter",
                       "memory_usage", "gpu_memory"})
+_RANK_STATE = ("pending", "key", "explicit", "total_batches", "best_loss", "best_accuracy", "best_val", "patience")
 
 
 class MetricsRows:
@@ -32,6 +38,7 @@ class MetricsRows:
         self.table = table
         self.pending: dict[str, Any] | None = None
         self.last_row: dict[str, Any] | None = None
+        self.last_t = 0.0
         self.explicit: set[str] | tuple = ()
         self.key: tuple[Any, Any] = (None, None)
         self.t0: float | None = None
@@ -42,12 +49,16 @@ class MetricsRows:
         self.best_accuracy: float | None = None
         self.best_val: float | None = None
         self.patience: int | None = None
+        self._parked: dict[Any, tuple] = {}  # rank -> its _RANK_STATE values, while another rank's events come
+        self.rank_mb: dict[int, tuple[float | None, float | None]] = {}  # rank -> (RSS, GPU) of its processes
         self._second = -1
         self._second_text = ""
 
     def add(self, event: dict) -> None:
         step, rank = event.get("step"), event.get("rank")
         data = event["data"]
+        if rank != self.key[1]:
+            self._switch(rank)
         if self.pending is not None:
             if step is not None and step == self.key[0] and rank == self.key[1]:
                 self._merge(event, data)
@@ -62,17 +73,26 @@ class MetricsRows:
         if not _DERIVED.isdisjoint(data):
             for key in _DERIVED.intersection(data):
                 del row[key]
-        row["_t"] = event["t"]
+        row["_t"] = self.last_t = event["t"]
         self.pending = row
         self.key = (step, rank)
         self.explicit = () if event.get("src") == "auto" else set(data)
         if step is None:
             self._write()
 
+    def _switch(self, rank: Any) -> None:
+        """Another rank's event: park this rank's open row and running values, take out that rank's."""
+        self._parked[self.key[1]] = tuple(getattr(self, name) for name in _RANK_STATE)
+        state = self._parked.pop(rank, None)
+        if state is None:
+            state = (None, (None, rank), (), None, None, None, None, None)
+        for name, value in zip(_RANK_STATE, state, strict=True):
+            setattr(self, name, value)
+
     def _merge(self, event: dict, data: dict) -> None:
         """A second event of the same step: explicit values win over the probe's."""
         row = self.pending
-        row["_t"] = event["t"]
+        row["_t"] = self.last_t = event["t"]
         for key in ("epoch", "batch"):
             value = event.get(key)
             if value is not None:
@@ -96,6 +116,10 @@ class MetricsRows:
                and isinstance(v, (int, float))]
         if gpu:
             self.gpu_mb = sum(gpu)
+        for key, value in sample.items():
+            if key.startswith("rank") and key.endswith("_rss_mb") and key[4:-7].isdigit():
+                rank = int(key[4:-7])
+                self.rank_mb[rank] = (value, sample.get(f"rank{rank}_gpu_mb"))
 
     def _write(self) -> None:
         row = self.pending
@@ -110,8 +134,9 @@ class MetricsRows:
             row["total_batches"] = self.total_batches
         row["timestamp"] = self._stamp(t)
         row["training_time"] = round(t - self.t0, 3)
-        row["memory_usage"] = self.memory_mb
-        row["gpu_memory"] = self.gpu_mb
+        own = self.rank_mb.get(row.get("rank")) if self.rank_mb else None
+        row["memory_usage"] = self.memory_mb if own is None else own[0]
+        row["gpu_memory"] = self.gpu_mb if own is None or own[1] is None else own[1]
         self._bests(row)
         self.table.append(row)
 
@@ -148,6 +173,13 @@ class MetricsRows:
     def flush(self) -> None:
         self.table.flush()
 
-    def close(self) -> None:
+    def complete(self) -> None:
+        """Write every open row (of every rank): an attempt ended, so none of them can grow any more."""
         self._write()
+        for rank in [r for r, state in self._parked.items() if state[0] is not None]:
+            self._switch(rank)
+            self._write()
+
+    def close(self) -> None:
+        self.complete()
         self.table.close()

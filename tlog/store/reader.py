@@ -7,6 +7,7 @@ line at the end: an incomplete or malformed line is skipped and counted.
 from __future__ import annotations
 
 import csv
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,13 @@ class ReadStats:
     partial_tail: bool = False
 
 
-def iter_events(exp_dir: Path, stats: ReadStats | None = None) -> Iterator[dict]:
-    """Every complete, well-formed event of ``events.jsonl``, in order."""
+def iter_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0,
+                name: str = layout.EVENTS) -> Iterator[dict]:
+    """Every complete, well-formed event of ``events.jsonl`` (or of the events file ``name``), in order (from
+    byte ``start``, a line start)."""
     stats = stats if stats is not None else ReadStats()
     loads = protocol.loads
-    for line, complete in _lines(exp_dir / layout.EVENTS):
+    for line, complete in _lines(exp_dir / name, start):
         if not complete:
             stats.partial_tail = True
             return
@@ -45,12 +48,34 @@ def iter_events(exp_dir: Path, stats: ReadStats | None = None) -> Iterator[dict]
             stats.malformed += 1
 
 
-def _lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+def iter_all_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0) -> Iterator[dict]:
+    """The events of every node of the run, merged by time; a single-node run's are ``iter_events``'s.
+
+    Each node's supervisor appends its own file in time order, so a k-way merge keeps the whole run in
+    order while holding one event per node.  ``start`` (a byte offset) only means something for one file.
+    """
+    nodes = layout.node_ids(exp_dir)
+    if not any(nodes):
+        return iter_events(exp_dir, stats, start)
+    if start:
+        raise ValueError("a byte offset cannot resume a merge of several nodes' events")
+    stats = stats if stats is not None else ReadStats()
+    files = [iter_events(exp_dir, stats, name=layout.node_file(layout.EVENTS, n)) for n in nodes]
+    return heapq.merge(*files, key=_event_time)
+
+
+def _event_time(event: dict) -> float:
+    t = event.get("t")
+    return t if t.__class__ in (float, int) else 0.0
+
+
+def _lines(path: Path, start: int = 0) -> Iterator[tuple[bytes, bool]]:
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError:
         return
     with f:
+        f.seek(start)
         rest = b""
         while chunk := f.read(CHUNK):
             parts = (rest + chunk).split(b"\n")

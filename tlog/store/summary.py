@@ -11,12 +11,16 @@ import math
 from typing import Any
 
 from tlog.protocol import number
+from tlog.store import rankstats
 
 _MIN_WORDS = ("loss", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "wer", "cer")
 _MAX_WORDS = ("acc", "f1", "precision", "recall", "auc", "iou", "bleu", "rouge", "score", "map", "dice")
 _PEAK_KEYS = {"rss_max_mb": "rss_mb", "rss_peak_mb": "rss_mb", "mem_limit_mb": "mem_limit_mb"}
 _CONTEXT_KEYS = frozenset({"total_batches", "total_epochs"})
 _NO_BEST = frozenset({"learning_rate", "lr", "total_batches", "momentum", "epoch", "batch", "step"})
+_ERROR_KEYS = ("id", "category", "phase", "cause", "error_message", "attempt", "step", "epoch",
+               "recovery_attempted", "recovery_successful", "recovery_time", "rank", "root_cause_rank",
+               "peer_lost", "node")
 
 
 def metric_mode(name: str, overrides: dict[str, str] | None = None) -> str | None:
@@ -73,6 +77,41 @@ class MetricStats:
             out["nonfinite"] = self.nonfinite
         return out
 
+    def state(self) -> dict[str, Any]:
+        """Every slot, non-finite floats as the wire's strings (JSON has no inf), for ``from_state``."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        return {name: _json_num(v) if v.__class__ is float else v for name, v in values.items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MetricStats:
+        stats = cls(state["mode"])
+        for name in cls.__slots__:
+            value = state[name]
+            setattr(stats, name, number(value) if isinstance(value, str) and name != "mode" else value)
+        return stats
+
+
+def outcome(status: str, restarts: int) -> str:
+    """The run's story in one word: ``status`` says how the last attempt ended, this adds the restarts."""
+    return "restarted-then-finished" if status == "finished" and restarts > 0 else status
+
+
+def merge_error_update(records: list[dict[str, Any]], update: dict[str, Any]) -> bool:
+    """Apply an error event whose data has ``update_of``: amend the record with that ``id`` in place.
+
+    A record is written when the failure happens and completed later (did the restart or the script's own
+    recovery get past the failing step?); the update is its own event so events.jsonl stays append-only.
+    Returns False when no record has that id (an update never creates a record).
+    """
+    target = update.get("update_of")
+    if target is None:
+        return False
+    for record in reversed(records):
+        if record.get("id") == target:
+            record.update({k: v for k, v in update.items() if k not in ("update_of", "id")})
+            return True
+    return False
+
 
 def _json_num(value: float | None) -> float | str | None:
     if value is None or value - value == 0:
@@ -96,6 +135,7 @@ class SummaryBuilder:
         self.config: dict[str, Any] = {}
         self.attempts: list[dict[str, Any]] = []
         self.status = "unknown"
+        self.stop_reason: str | None = None
         self.checkpoints = 0
         self.newest_checkpoint: dict[str, Any] | None = None
         self.errors: list[dict[str, Any]] = []
@@ -104,6 +144,36 @@ class SummaryBuilder:
         self.peaks: dict[str, float] = {}
         self.peak_detail: dict[str, Any] | None = None
         self.malformed = 0
+        self.span: list[Any] | None = None  # [t, step] of the first metrics event, then [t] of the last
+        self.ranks: dict[str, dict[str, Any]] = {}  # distributed runs: per rank (tlog.store.rankstats)
+        self.nodes: dict[str, dict[str, Any]] = {}  # multi-node runs: the supervisors of nodes 1, 2, ...
+
+    def state(self) -> dict[str, Any]:
+        """Everything the fold knows, as JSON.  Saved with the byte offset of events.jsonl it covers, it lets
+        a report on a running or crashed run fold only the events written since (``from_state``)."""
+        state = {key: value for key, value in vars(self).items() if key != "metrics"}
+        state["metrics"] = {name: st.state() for name, st in self.metrics.items()}
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SummaryBuilder | None:
+        """The builder ``state()`` described, or None when it was saved by a different version of this class
+        (other fields, or other types): the caller then folds from the first event."""
+        builder = cls()
+        fresh = vars(builder)
+        if not isinstance(state, dict) or set(state) != set(fresh):
+            return None
+        try:
+            metrics = {name: MetricStats.from_state(s) for name, s in state["metrics"].items()}
+        except (KeyError, TypeError, AttributeError):
+            return None
+        for key, value in state.items():
+            default = fresh[key]
+            if default is not None and value is not None and not isinstance(value, type(default)):
+                return None
+            setattr(builder, key, value)
+        builder.metrics = metrics
+        return builder
 
     def add(self, event: dict) -> None:
         t = event.get("t")
@@ -119,14 +189,21 @@ class SummaryBuilder:
                 handler(self, event)
 
     def _metrics(self, event: dict) -> None:
-        if event.get("rank") not in (None, 0):
-            return
+        rank = event.get("rank")
+        if rank is not None:
+            rankstats.rank_metrics(self.ranks, rank, event)
+            if rank != 0:  # the run's own series are rank 0's
+                return
         step = event.get("step")
         if step is not None and (self.max_step is None or step > self.max_step):
             self.max_step = step
         epoch = event.get("epoch")
         if epoch is not None and (self.max_epoch is None or epoch > self.max_epoch):
             self.max_epoch = epoch
+        if self.span is None:
+            self.span = [event.get("t"), step, event.get("t")]
+        else:
+            self.span[2] = event.get("t")
         self.rows += 1
         stats = self.metrics
         for key, raw in event["data"].items():
@@ -141,27 +218,59 @@ class SummaryBuilder:
             st.add(value, step)
 
     def _attempt(self, event: dict) -> None:
+        if event.get("node"):  # another node's supervisor: its attempts are its own, the run's are node 0's
+            rankstats.node_event(self.nodes, event)
+            return
         data = event["data"]
         if data.get("event") == "start":
             self.attempts.append({"attempt": data.get("attempt", len(self.attempts) + 1),
-                                  "start": event.get("t"), "pid": data.get("pid")})
+                                  "start": event.get("t"), "pid": data.get("pid"),
+                                  **{k: data[k] for k in ("resume_checkpoint", "resume_step") if k in data}})
             self.status = "running"
+            self.stop_reason = None
         elif data.get("event") == "exit":
             if not self.attempts:
                 self.attempts.append({"attempt": data.get("attempt", 1), "start": None})
             current = self.attempts[-1]
-            current.update({k: data.get(k) for k in ("exit_code", "signal", "signal_name", "status", "cause")
+            current.update({k: data.get(k) for k in ("exit_code", "signal", "signal_name", "status", "cause",
+                                                     "last_step")
                             if data.get(k) is not None})
+            self.stop_reason = data.get("stop_reason")
             if data.get("peaks"):
                 self.peak_detail = data["peaks"]
             current["end"] = event.get("t")
-            self.status = data.get("status", "unknown")
+            # A restart follows: the run is not over, even for a reader of the live summary.
+            self.status = "restarting" if data.get("next") == "restart" else data.get("status", "unknown")
+        elif data.get("event") == "stop":  # a restart called off after the exit (a signal during the backoff)
+            self.status = data.get("status", self.status)
+            self.stop_reason = data.get("stop_reason")
+
+    def _restart(self, event: dict) -> None:
+        if not event.get("node"):
+            self.status = "restarting"
 
     def _meta(self, event: dict) -> None:
-        self.meta.update(event["data"])
+        rank = event.get("rank")
+        if rank is not None:
+            rankstats.rank_meta(self.ranks, event)
+        if event.get("node") and "supervisor_pid" in event["data"]:
+            rankstats.node_event(self.nodes, event)
+        elif rank in (None, 0):
+            self.meta.update(event["data"])
 
     def _config(self, event: dict) -> None:
-        self.config.update(event["data"])
+        """Configuration; the metric modes of the settings file the run used (saved by ``tlog run`` in
+        ``tlog.settings.metric_modes``) decide what 'best' means for the metrics that follow.  A distributed
+        run's configuration is rank 0's (the other ranks repeat it, with their own pid)."""
+        if event.get("rank") not in (None, 0):
+            return
+        data = event["data"]
+        self.config.update(data)
+        tlog_section = data.get("tlog")
+        settings = tlog_section.get("settings") if isinstance(tlog_section, dict) else None
+        modes = settings.get("metric_modes") if isinstance(settings, dict) else None
+        if isinstance(modes, dict):
+            self.modes = {**self.modes, **{k: v for k, v in modes.items() if v in ("min", "max")}}
 
     def _checkpoint(self, event: dict) -> None:
         self.checkpoints += 1
@@ -169,11 +278,13 @@ class SummaryBuilder:
                                   "step": event.get("step"), "epoch": event.get("epoch"), "t": event.get("t")}
 
     def _error(self, event: dict) -> None:
-        self.errors_total += 1
         data = event["data"]
+        if "update_of" in data:
+            merge_error_update(self.errors, {k: v for k, v in data.items() if k in _ERROR_KEYS or k == "update_of"})
+            return
+        self.errors_total += 1
         if len(self.errors) < 100:
-            self.errors.append({k: data.get(k) for k in
-                                ("category", "phase", "cause", "error_message", "attempt", "step", "epoch")})
+            self.errors.append({k: data.get(k) for k in _ERROR_KEYS})
 
     def _warning(self, event: dict) -> None:
         category = event["data"].get("category") or "other"
@@ -191,6 +302,8 @@ class SummaryBuilder:
                     peaks[name] = raw
             elif key == "headroom_mb" and raw < peaks.get("headroom_min_mb", float("inf")):
                 peaks["headroom_min_mb"] = raw
+            elif key.startswith("rank") and key.endswith("_mb") and raw > peaks.get(key, -1.0):
+                peaks[key] = raw  # rank<r>_rss_mb, rank<r>_gpu_mb: the processes of one rank
 
     def result(self) -> dict[str, Any]:
         by_category: dict[str, int] = {}
@@ -198,16 +311,21 @@ class SummaryBuilder:
             cat = err.get("category") or "unknown"
             by_category[cat] = by_category.get(cat, 0) + 1
         duration = (self.last_t - self.first_t) if self.first_t is not None and self.last_t is not None else None
+        status = rankstats.merged_status(self.status, self.nodes)
+        ranks = rankstats.rank_rows(self.ranks) if len(self.ranks) > 1 else []
         return {
             "experiment": self.experiment,
-            "status": self.status,
+            "status": status,
+            "outcome": outcome(status, len(self.attempts) - 1),
             "restarts": max(len(self.attempts) - 1, 0),
+            "stop_reason": self.stop_reason,
             "attempts": self.attempts,
             "started": self.first_t,
-            "ended": self.last_t if self.status not in ("running", "unknown") else None,
+            "ended": self.last_t if status not in ("running", "unknown") else None,
             "duration_s": duration,
             "steps": self.max_step,
             "epochs": None if self.max_epoch is None else self.max_epoch + 1,
+            "steps_per_s": self._steps_per_s(),
             "rows": self.rows,
             "metrics": {name: st.to_dict() for name, st in self.metrics.items()},
             "checkpoints": {"count": self.checkpoints, "newest": self.newest_checkpoint},
@@ -217,11 +335,21 @@ class SummaryBuilder:
             "command": self.meta.get("argv"),
             "meta": self.meta,
             "config": self.config,
+            **({"ranks": ranks, "samples_per_s": rankstats.job_samples_per_s(ranks)} if ranks else {}),
+            **({"nodes": [self.nodes[k] for k in sorted(self.nodes, key=int)]} if self.nodes else {}),
         }
+
+    def _steps_per_s(self) -> float | None:
+        """Throughput between the first and the last metrics event (restart pauses included)."""
+        if self.span is None or self.span[1] is None or self.max_step is None:
+            return None
+        t0, step0, t1 = self.span
+        return (self.max_step - step0) / (t1 - t0) if t1 is not None and t0 is not None and t1 > t0 else None
 
 
 _HANDLERS = {
     "attempt": SummaryBuilder._attempt,
+    "restart": SummaryBuilder._restart,
     "meta": SummaryBuilder._meta,
     "config": SummaryBuilder._config,
     "checkpoint": SummaryBuilder._checkpoint,

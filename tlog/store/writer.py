@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from tlog import protocol
-from tlog.store import layout
+from tlog.store import layout, snapshot
 from tlog.store.csvfile import CsvTable
 from tlog.store.metrics_rows import MetricsRows
-from tlog.store.summary import SummaryBuilder
+from tlog.store.summary import SummaryBuilder, merge_error_update
 
 PROGRESS_EVERY_S = 1.0
 SUMMARY_EVERY_S = 5.0
@@ -41,23 +41,33 @@ def log_line(t: float, tag: str, text: str) -> str:
 
 
 class ExperimentWriter:
-    def __init__(self, exp_dir: str | Path, experiment: str | None = None) -> None:
+    def __init__(self, exp_dir: str | Path, experiment: str | None = None, *, node: int | None = None,
+                 ranked: bool = False) -> None:
+        """``node``: this node's number in a multi-node run (its files are ``events.node<k>.jsonl``...; the
+        report caches are then left to the reports, which merge the nodes).  ``ranked``: a distributed run,
+        whose training_metrics.csv has a ``rank`` column from its first row."""
         self.dir = Path(exp_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.experiment = experiment or self.dir.name
+        self.node = node
         self._lock = threading.Lock()
-        self._events = open(self.dir / layout.EVENTS, "ab")  # noqa: SIM115 - closed in close()
-        self._log = open(self.dir / layout.LOG, "a", encoding="utf-8")  # noqa: SIM115
-        self.rows = MetricsRows(CsvTable(self.dir / layout.METRICS_CSV, MetricsRows.COLUMNS))
+        self._events = open(self._path(layout.EVENTS), "ab")  # noqa: SIM115 - closed in close()
+        self._log = open(self._path(layout.LOG), "a", encoding="utf-8")  # noqa: SIM115
+        columns = (*MetricsRows.COLUMNS, "rank") if ranked else MetricsRows.COLUMNS
+        self.rows = MetricsRows(CsvTable(self._path(layout.METRICS_CSV), columns))
         self._system: CsvTable | None = None
         self.summary = SummaryBuilder(self.experiment)
         self.errors: list[dict] = []
         self.config: dict[str, Any] = {}
         self.progress: dict[str, Any] = {"experiment": self.experiment, "status": "running"}
         self.phases: deque[dict] = deque(maxlen=50)
+        self._phase_t = 0.0
         self._next_progress = 0.0
         self._next_summary = 0.0
         self.closed = False
+
+    def _path(self, name: str) -> Path:
+        return self.dir / layout.node_file(name, self.node)
 
     # -- events ---------------------------------------------------------------------
     def write_events(self, events: Iterable[dict]) -> None:
@@ -81,15 +91,21 @@ class ExperimentWriter:
             self.phases.append({"kind": kind, "t": event["t"], "step": event.get("step"),
                                 "epoch": event.get("epoch"), **event["data"]})
             self._track(event)
-        elif kind == "config":
+        elif kind == "config" and event.get("rank") in (None, 0):  # the other ranks repeat rank 0's
             self.config.update(event["data"])
-            write_json(self.dir / layout.CONFIG, self.config)
+            write_json(self._path(layout.CONFIG), self.config)
         elif kind == "error":
-            self.errors.append(event["data"])
-            write_json(self.dir / layout.ERRORS, self.errors)
+            data = event["data"]
+            if "update_of" not in data:
+                self.errors.append(data)
+            elif not merge_error_update(self.errors, data):
+                return
+            write_json(self._path(layout.ERRORS), self.errors)
         elif kind == "attempt":
             self.progress["status"] = self.summary.status
             self.progress["attempt"] = event["data"].get("attempt")
+            if event["data"].get("event") == "exit":
+                self.rows.complete()  # the attempt's last rows are complete; a restart never merges into them
 
     def _track(self, event: dict) -> None:
         progress = self.progress
@@ -99,19 +115,21 @@ class ExperimentWriter:
                 progress[key] = value
         if event["kind"] == "phase":
             progress["phase"] = event["data"].get("phase")
+            self._phase_t = event["t"]
 
     def position(self) -> dict[str, Any]:
         """Where the run is now: step, epoch, batch of the newest row, and the last reported phase."""
         with self._lock:
             row = self.rows.pending or self.rows.last_row or {}
             pos = {key: row.get(key) for key in ("step", "epoch", "batch")}
-            pos["phase"] = self.progress.get("phase")
+            # a phase event marks entering a phase; a metrics row after it means the phase is over
+            pos["phase"] = self.progress.get("phase") if self._phase_t >= self.rows.last_t else None
             return pos
 
     def _system_row(self, event: dict) -> None:
         data = event["data"]
         if self._system is None:
-            self._system = CsvTable(self.dir / layout.SYSTEM_CSV, ["timestamp", *data])
+            self._system = CsvTable(self._path(layout.SYSTEM_CSV), ["timestamp", *data])
         self._system.append({"timestamp": _iso(event["t"]), **data})
         self.rows.resources(data)
 
@@ -144,7 +162,9 @@ class ExperimentWriter:
                 self._write_progress()
             if now >= self._next_summary:
                 self._next_summary = now + SUMMARY_EVERY_S
-                write_json(self.dir / layout.SUMMARY, self.summary.result())
+                write_json(self._path(layout.SUMMARY), self.summary.result())
+                if self.node is None:
+                    snapshot.refresh(self.dir, self._events.tell(), self.summary)
 
     def _write_progress(self) -> None:
         """Position from the newest metrics row (kept per event by MetricsRows, read here once a second)."""
@@ -156,7 +176,7 @@ class ExperimentWriter:
             self.progress["updated"] = row.get("_t") or row.get("timestamp")
         self.progress["phases"] = list(self.phases)
         self.progress["written"] = time.time()
-        write_json(self.dir / layout.PROGRESS, self.progress)
+        write_json(self._path(layout.PROGRESS), self.progress)
 
     def close(self, status: str | None = None) -> dict:
         """Flush everything, write the final summary; returns it."""
@@ -171,14 +191,17 @@ class ExperimentWriter:
             self.progress["status"] = self.summary.status
             self._write_progress()
             result = self.summary.result()
-            write_json(self.dir / layout.SUMMARY, result)
-            if not (self.dir / layout.ERRORS).exists():
-                write_json(self.dir / layout.ERRORS, self.errors)
-            if not (self.dir / layout.CONFIG).exists():
-                write_json(self.dir / layout.CONFIG, self.config)
+            write_json(self._path(layout.SUMMARY), result)
+            if not self._path(layout.ERRORS).exists():
+                write_json(self._path(layout.ERRORS), self.errors)
+            if not self._path(layout.CONFIG).exists():
+                write_json(self._path(layout.CONFIG), self.config)
+            events_bytes = self._events.tell()
             self._events.close()
             self._log.close()
             self.closed = True
+            if self.node is None:
+                snapshot.refresh(self.dir, events_bytes, self.summary)
             return result
 
 

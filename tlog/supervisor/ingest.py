@@ -17,6 +17,8 @@ is joined back into one line for the log.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections import deque
@@ -28,6 +30,7 @@ from tlog import protocol
 READ_SIZE = 1 << 16
 SMALL_READ = 1 << 12
 COALESCE_S = 0.01
+READER_JOIN_S = 5.0  # after the child exits, how long its pipes may stay open (held by its leftovers)
 MAX_LINE = 1 << 20
 _MARKER_LEN = len(protocol.MARKER)
 
@@ -168,3 +171,36 @@ class StreamReader(threading.Thread):
             self.events += len(events)
             self.on_events(events)
         self.on_chunk_done()
+
+
+def start_readers(proc: subprocess.Popen, on_events: OnEvents, on_output: OnOutput, terminal: Terminal | None,
+                  on_chunk_done: Callable[[], None]) -> list[StreamReader]:
+    """One reader thread per pipe of ``proc``, each on a private duplicate of the pipe's fd."""
+    readers = []
+    for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        fd = os.dup(pipe.fileno())
+        pipe.close()
+        reader = StreamReader(fd, stream, on_events, on_output, terminal, on_chunk_done)
+        reader.start()
+        readers.append(reader)
+    return readers
+
+
+def drain(readers: list[StreamReader], pid: int, say: Callable[[str], None]) -> None:
+    """Wait for the pipes to close; leftovers of the group holding them open are killed."""
+    deadline = time.monotonic() + READER_JOIN_S
+    for reader in readers:
+        reader.join(max(0.0, deadline - time.monotonic()))
+    if any(r.is_alive() for r in readers):
+        say("processes of the run outlived it and held its output open; killing them")
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for reader in readers:
+            reader.join(2.0)
+    for reader in readers:
+        if reader.error is not None:
+            say(f"reading the run's {reader.stream} failed: {reader.error!r}")
+        if reader.splitter.malformed:
+            say(f"{reader.splitter.malformed} malformed event line(s) on {reader.stream} kept as output")

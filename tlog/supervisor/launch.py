@@ -60,7 +60,8 @@ def command_argv(command: list[str]) -> tuple[str, ...]:
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment that tells the hook it is supervised and lets it load."""
     env = dict(os.environ)
-    env.pop("TLOG_RESUME_CHECKPOINT", None)
+    env.pop("TLOG_RESUME_CHECKPOINT", None)  # only tlog says where to resume (restart.resume_env)
+    env.pop("TLOG_RESUME_STEP", None)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + path if path else "")
     env["PYTHONUNBUFFERED"] = "1"
@@ -120,6 +121,14 @@ class GroupSignaller:
 
     def kill(self) -> None:
         self._send(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """tlog's own decision to end the run (a hang): TERM now, KILL after the grace; not a forwarded signal."""
+        self._send(signal.SIGTERM)
+        if self._timer is None:
+            self._timer = threading.Timer(self.grace, self.kill)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _send(self, signum: int) -> None:
         try:

@@ -18,6 +18,11 @@ RSS is summed over the tree; pages shared copy-on-write between a forked
 DataLoader worker and its parent are counted in both, so the total can exceed
 what the kernel will charge.  That errs on the side of warning early, and
 proportional set size would cost a walk of every mapping on every sample.
+
+Ranks.  In a distributed run the session tells the monitor which pid is which
+rank's worker (``ranks``, from each worker's ``meta`` event); each reading then
+also carries ``rank<r>_rss_mb`` (the worker and its own children, DataLoader
+workers included) and, where NVML lists processes, ``rank<r>_gpu_mb``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import psutil
 
 from tlog.supervisor.limits import MemoryScope, memory_scope
 from tlog.supervisor.nvml import DeviceReading, NvmlGateway
+from tlog.supervisor.ranks import rank_memory
 
 MB = 1024 * 1024
 HOST_COLUMNS = ("t", "elapsed_s", "rss_mb", "rss_min_mb", "rss_mean_mb", "rss_max_mb", "rss_peak_mb",
@@ -159,6 +165,9 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._procs: dict[int, _Tracked] = {}
+        self.ranks: dict[int, int] = {}  # pid -> rank of a distributed run's workers (set by the session)
+        self._parents: dict[int, int] = {}
+        self._devices: list[DeviceReading] = []
         self._scope: tuple[int, MemoryScope] | None = None
         self._gpu_baseline: dict[int, int] = {}
         self._window = _Window()
@@ -262,6 +271,8 @@ class Monitor:
         for i, g in sorted(gpus.items()):
             g = {**g, "max_mb": w.gpu_hi[i], "peak_mb": self._gpu_peaks[i]["peak_mb"]}
             row.update({f"gpu{i}_{name}": g[name] for name in GPU_FIELDS})
+        if self.ranks:
+            row.update(rank_memory(tree, self._parents, self.ranks, self._devices))
         self._last_row = row
         return row
 
@@ -278,7 +289,7 @@ class Monitor:
             kids = root.proc.children(recursive=True)
         except psutil.Error:
             kids = []
-        tree, cpu, seen = [], 0.0, {}
+        tree, cpu, seen, parents = [], 0.0, {}, {}
         for proc in (root.proc, *kids):
             tracked = self._procs.get(proc.pid)
             if tracked is None or tracked.proc != proc:  # new, or the pid was reused
@@ -287,11 +298,13 @@ class Monitor:
                 with tracked.proc.oneshot():
                     rss = tracked.proc.memory_info().rss
                     cpu += tracked.proc.cpu_percent(interval=None)
+                    if self.ranks:
+                        parents[proc.pid] = tracked.proc.ppid()
             except psutil.Error:
                 continue
             seen[proc.pid] = tracked
             tree.append((proc.pid, rss))
-        self._procs = seen
+        self._procs, self._parents = seen, parents
         return tree, cpu
 
     def _tracked_root(self) -> _Tracked | None:
@@ -310,7 +323,8 @@ class Monitor:
         return self._scope[1]
 
     def _read_gpus(self, pids: set[int]) -> dict[int, dict[str, Any]]:
-        return {d.index: self._gpu_columns(d, pids) for d in self.nvml.read()}
+        self._devices = self.nvml.read()
+        return {d.index: self._gpu_columns(d, pids) for d in self._devices}
 
     def _gpu_columns(self, dev: DeviceReading, pids: set[int]) -> dict[str, Any]:
         used, method = self._tree_gpu_use(dev, pids)

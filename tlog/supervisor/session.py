@@ -4,6 +4,12 @@ The session owns the experiment's single writer.  Reader threads hand it the
 child's events and output; it stamps the attempt number, keeps what a failure
 record needs (the crash event, the stderr tail), decides the final status from
 the exit (never from the child), and closes the files cleanly whatever happens.
+Attempts are driven by the restart state machine (``restart.transition``): the
+session reports each start and exit, and acts on the state it gets back; a
+``hang.HangWatch`` per attempt turns a silent child into a classified hang.
+A distributed run's child is torchrun (``torchrun.DistOptions``): its workers
+report with their ranks, a failure is recorded for its root-cause rank
+(``ranks.blame``), and each round of torchrun's own restarts is an attempt.
 """
 
 from __future__ import annotations
@@ -12,23 +18,27 @@ import os
 import platform
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tlog
+from tlog import failure
+from tlog.hook.crash import ENV_STACK_SIGNAL
 from tlog.store import layout
 from tlog.store.writer import ExperimentWriter
-from tlog.supervisor import launch
+from tlog.supervisor import hang, launch, ranks, restart, torchrun
 from tlog.supervisor.display import Display, QuietDisplay, make_display
-from tlog.supervisor.ingest import StreamReader
+from tlog.supervisor.ingest import StreamReader, drain, start_readers
 from tlog.supervisor.limits import oom_kill_count
-from tlog.supervisor.monitor import Monitor
+from tlog.supervisor.monitor import Monitor, Thresholds
 from tlog.supervisor.nvml import NvmlGateway
+from tlog.supervisor.scrape import make_scraper
 from tlog.views.viewstate import ViewState
 
-READER_JOIN_S = 5.0
 MEMORY_TIMELINE_S = 30.0
+STACK_SIGNAL = signal.SIGUSR1  # faulthandler dumps every thread's stack on it; the default action would kill
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,21 @@ class RunOptions:
     monitor_interval: float = 0.5
     monitor_window: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
+    hang_timeout: float | None = None
+    restart_policy: restart.RestartPolicy = field(default_factory=restart.RestartPolicy)
+    resume_arg: str | None = None
+    checkpoint_glob: str | None = None
+    log_every: int = 0  # probe reports every N steps; 0: at the first step, then at most every 0.5 s
+    grad_norm: int = 0  # probe records the total gradient norm every N steps; 0: off
+    scrape: tuple[str, ...] = ()  # --scrape: "" for the default pattern, else the user's regexes; () off
+    settings: dict = field(default_factory=dict)  # tlog.toml / [tool.tlog] values (tlog.settings), saved with the run
+    dist: torchrun.DistOptions | None = None  # --nproc-per-node & co.: the script runs under torchrun
 
     def default_name(self) -> str:
         stem = Path(self.target[0]).stem if self.target else "run"
-        if self.is_command and self.target and Path(self.target[0]).name.startswith("python"):
+        if self.is_command and torchrun.is_launcher(self.target):  # torchrun [options] train.py: the script's
+            stem = next((Path(a).stem for a in self.target if a.endswith(".py")), stem)
+        elif self.is_command and self.target and Path(self.target[0]).name.startswith("python"):
             stem = next((Path(a).stem for a in self.target[1:] if not a.startswith("-")), stem)
         return f"{stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -75,6 +96,15 @@ class Session:
         self.writer: ExperimentWriter | None = None
         self.signaller: launch.GroupSignaller | None = None
         self.pending_signal: int | None = None
+        self.machine = restart.Machine()
+        self.checkpoints = restart.Checkpoints(opts.checkpoint_glob)
+        self.workers = ranks.Workers()
+        self.node = opts.dist.node if opts.dist is not None else None
+        self._readers: list[StreamReader] = []
+        self.recovery: restart.RecoveryWatch | None = None
+        self.hangs: hang.HangWatch | None = None
+        self._wake = threading.Event()
+        self.scraper = make_scraper(opts.scrape)
 
     # -- setup --------------------------------------------------------------------------
     def prepare(self) -> Path:
@@ -85,11 +115,17 @@ class Session:
         else:
             self.argv = launch.script_argv(opts.target[0], list(opts.target[1:]))
         name = opts.name or opts.default_name()
-        exp_dir, suffixed = layout.create_experiment_dir(Path(opts.log_dir), name)
+        if opts.dist is not None:
+            self.argv = opts.dist.argv(opts.target[0], list(opts.target[1:]), name)
+        if self.node is None:
+            exp_dir, suffixed = layout.create_experiment_dir(Path(opts.log_dir), name)
+        else:  # one node of several: they share the experiment, each with its own files
+            exp_dir, suffixed = layout.join_experiment_dir(Path(opts.log_dir), name, self.node), False
         if suffixed:
             self.display.message(f"experiment {name!r} exists; this run is {exp_dir.name!r}")
         self.exp_dir = exp_dir
-        self.writer = ExperimentWriter(exp_dir)
+        self.writer = ExperimentWriter(exp_dir, node=self.node,
+                                       ranked=opts.dist is not None or torchrun.is_launcher(self.argv))
         self.state.name = exp_dir.name
         self.state.command = " ".join(self.argv)
         self.display = make_display(self.state, quiet=opts.quiet, panel=opts.panel,
@@ -99,6 +135,8 @@ class Session:
     def emit(self, kind: str, data: dict, **context: object) -> None:
         """An event of the supervisor's own, into the same stream as the child's."""
         event = {"kind": kind, "t": time.time(), "attempt": self.attempt, **context, "data": data}
+        if self.node is not None:
+            event["node"] = self.node
         self.writer.write_events([event])
         self.writer.flush()
         self.state.apply(event)
@@ -110,12 +148,34 @@ class Session:
 
     # -- child callbacks (reader threads) ------------------------------------------------
     def on_events(self, events: list[dict]) -> None:
-        attempt = self.attempt
-        for event in events:
+        attempt, node, start = self.attempt, self.node, 0
+        for i, event in enumerate(events):
+            kind = event["kind"]
+            if kind == "meta" and "rank" in event and self.workers.joined(event):
+                self._deliver(events[start:i])  # the old round's events keep their attempt
+                start = i
+                self._torchrun_restarted(event)
+                attempt = self.attempt
             event["attempt"] = attempt
-            if event["kind"] == "crash":
+            if node is not None:
+                event["node"] = node
+            if kind == "crash":
                 self.crash = event
+                self.workers.crashed(event)
+            elif kind == "checkpoint":
+                self.checkpoints.seen(event)
+            elif kind == "meta" and "rank" in event and self.monitor is not None:
+                self.monitor.ranks = self.workers.pids()
+        self._deliver(events[start:] if start else events)
+
+    def _deliver(self, events: list[dict]) -> None:
+        if not events:
+            return
         self.writer.write_events(events)
+        if self.hangs is not None:
+            self.hangs.observe(events)
+        if self.recovery is not None and (t := self.recovery.passed(events)) is not None:
+            self._resolve_recovery(True, t)
         if self.display.wants_state:
             apply = self.state.apply
             for event in events:
@@ -123,6 +183,12 @@ class Session:
 
     def on_output(self, stream: str, lines: list[str]) -> None:
         self.writer.write_output("|" if stream == "stdout" else "!", lines)
+        if stream == "stderr" and self.workers.by_rank:
+            self.workers.report.feed(lines)  # torchrun's account of its workers' exits
+        if self.scraper is not None and (scraped := self.scraper.scan(lines)):
+            self.on_events(scraped)
+        if self.hangs is not None and stream == "stderr":
+            self.hangs.feed(lines)
         if self.display.wants_lines:
             self.display.lines(stream, lines)
 
@@ -141,11 +207,12 @@ class Session:
         status = "failed"
         nvml = NvmlGateway(on_warning=self.writer.message)  # no GPU is normal: a note in training.log
         self.monitor = Monitor(os.getpid(), interval=self.opts.monitor_interval, window=self.opts.monitor_window,
-                               on_sample=self.on_sample, on_warning=self.on_warning, nvml=nvml)
+                               on_sample=self.on_sample, on_warning=self.on_warning, nvml=nvml,
+                               thresholds=Thresholds.from_seed(self.opts.settings.get("monitoring_thresholds")))
         self.monitor.baseline()
         try:
             with self.display:
-                result = self._run_attempt(1)
+                result = self._supervise()
             status = result.status
             return result.exit_code
         finally:
@@ -156,11 +223,13 @@ class Session:
             self._farewell(summary)
 
     def _record_start(self) -> None:
+        git = git_info(self._script_dir())
         self.emit("meta", {"host": platform.node(), "tlog": tlog.__version__, "supervisor_pid": os.getpid(),
-                           "command": list(self.argv), "cwd": os.getcwd(), **git_info(self._script_dir())})
+                           "command": list(self.argv), "cwd": os.getcwd(), **git})
         settings = asdict(self.opts)
         settings["target"] = list(self.opts.target)
-        self.emit("config", {"tlog": settings, "command": list(self.argv)})
+        self.emit("config", {"tlog": settings, "command": list(self.argv),
+                             **({"git": {"commit": git["git_commit"], "dirty": git["git_dirty"]}} if git else {})})
         self.say(f"experiment {self.exp_dir.name} -> {self.exp_dir}")
 
     def _script_dir(self) -> str:
@@ -168,105 +237,171 @@ class Session:
             return os.getcwd()
         return os.path.dirname(os.path.abspath(self.opts.target[0]))
 
-    def _child_env(self, attempt: int) -> dict[str, str]:
+    def _child_env(self, attempt: int, resume: restart.ResumePoint | None) -> dict[str, str]:
         extra = {"TLOG_EXPERIMENT": self.exp_dir.name, "TLOG_EXP_DIR": str(self.exp_dir.resolve()),
                  "TLOG_ATTEMPT": str(attempt), **self.opts.extra_env}
         if not self.opts.instrument:
             extra["TLOG_NO_INSTRUMENT"] = "1"
-        return launch.child_env(extra)
+        extra["TLOG_LOG_EVERY"] = str(self.opts.log_every)
+        extra["TLOG_GRAD_NORM"] = str(self.opts.grad_norm)
+        if self.opts.hang_timeout:
+            extra[ENV_STACK_SIGNAL] = STACK_SIGNAL.name
+        return launch.child_env({**extra, **restart.resume_env(resume)})
+
+    def _supervise(self) -> AttemptResult:
+        """Drive the restart machine: attempts until one finishes or the policy (or the user) stops."""
+        policy = self.opts.restart_policy
+        while True:
+            self.machine = restart.transition(self.machine, restart.Started(), policy)
+            result = self._run_attempt(self.attempt + 1)  # torchrun's own restarts are attempts too
+            if self.machine.state is not restart.State.BACKING_OFF:
+                return result
+            if not self._back_off():
+                reason = "interrupted while waiting to restart"
+                self.machine = restart.transition(self.machine, restart.Cancelled(reason), policy)
+                self.emit("attempt", {"event": "stop", "attempt": result.attempt, "status": result.status,
+                                      "stop_reason": reason})
+                self.say(f"{reason}: not restarting")
+                return result
+            self.machine = restart.transition(self.machine, restart.Waited(), policy)
+
+    def _back_off(self) -> bool:
+        """Announce the restart and wait its delay; False when a signal asked tlog to stop meanwhile."""
+        m, policy = self.machine, self.opts.restart_policy
+        self.emit("restart", {"attempt": self.attempt + 1, "max_attempts": policy.max_attempts,
+                              "reason": m.reason, "delay_s": m.delay_s})
+        self.say(f"restarting (attempt {self.attempt + 1} of {policy.max_attempts}) in {m.delay_s:g} s: {m.reason}")
+        if self.pending_signal is None:
+            self._wake.wait(m.delay_s)
+        return self.pending_signal is None
 
     def _run_attempt(self, attempt: int) -> AttemptResult:
         self.attempt = attempt
         self.crash = None
+        self.workers = ranks.Workers()
+        self.monitor.ranks = {}
         self.oom_before = oom_kill_count()
-        proc = launch.spawn(launch.ChildSpec(self.argv, not self.opts.is_command, self._child_env(attempt)))
+        resume = self.checkpoints.resume_point() if attempt > 1 else None
+        argv = (*self.argv, *restart.resume_args(self.opts.resume_arg, resume))
+        if attempt > 1 and resume is None:
+            self.say(f"no checkpoint to resume from: attempt {attempt} starts from the beginning")
+        proc = launch.spawn(launch.ChildSpec(argv, not self.opts.is_command, self._child_env(attempt, resume)))
         self.monitor.pid = proc.pid
         self.monitor.start()
         self.signaller = launch.GroupSignaller(proc.pid, self.opts.grace, self.say)
-        self.emit("attempt", {"event": "start", "attempt": attempt, "pid": proc.pid, "argv": list(self.argv)})
+        self.emit("attempt", {"event": "start", "attempt": attempt, "pid": proc.pid, "argv": list(argv),
+                              "max_attempts": self.opts.restart_policy.max_attempts,
+                              **({"resume_checkpoint": resume.path, "resume_step": resume.step} if resume else {})})
         if self.pending_signal is not None:
             self.signaller.forward(self.pending_signal)
-        readers = self._start_readers(proc)
+        if self.opts.hang_timeout:
+            self.hangs = hang.HangWatch(self.opts.hang_timeout, self.signaller, self.say, STACK_SIGNAL)
+            self.hangs.start()
+        readers = self._readers = start_readers(proc, self.on_events, self.on_output, self.display,
+                                                self.writer.flush)
         returncode = proc.wait()
         self.signaller.cancel()
-        self._drain(readers, proc.pid)
-        return self._finish_attempt(attempt, returncode, readers)
-
-    def _start_readers(self, proc: subprocess.Popen) -> list[StreamReader]:
-        readers = []
-        for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-            fd = os.dup(pipe.fileno())
-            pipe.close()
-            reader = StreamReader(fd, stream, self.on_events, self.on_output, self.display, self.writer.flush)
-            reader.start()
-            readers.append(reader)
-        return readers
-
-    def _drain(self, readers: list[StreamReader], pid: int) -> None:
-        """Wait for the pipes to close; leftovers of the group holding them open are killed."""
-        deadline = time.monotonic() + READER_JOIN_S
-        for reader in readers:
-            reader.join(max(0.0, deadline - time.monotonic()))
-        if any(r.is_alive() for r in readers):
-            self.say("processes of the run outlived it and held its output open; killing them")
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            for reader in readers:
-                reader.join(2.0)
-        for reader in readers:
-            if reader.error is not None:
-                self.say(f"reading the run's {reader.stream} failed: {reader.error!r}")
-            if reader.splitter.malformed:
-                self.say(f"{reader.splitter.malformed} malformed event line(s) on {reader.stream} kept as output")
+        if self.hangs is not None:
+            self.hangs.stop()
+        drain(readers, proc.pid, self.say)
+        return self._finish_attempt(self.attempt, returncode, readers)  # torchrun may have started more
 
     def _finish_attempt(self, attempt: int, returncode: int, readers: list[StreamReader]) -> AttemptResult:
         exit_code, sig = launch.exit_status(returncode)
         forwarded = self.signaller.forwarded if self.signaller else None
+        hung = self.hangs is not None and self.hangs.fired
         oom_delta = _delta(self.oom_before, oom_kill_count())
-        status = decide_status(exit_code, sig, forwarded, oom_delta)
+        status = decide_status(exit_code, sig, forwarded, oom_delta, hung=hung)
+        if self.recovery is not None:
+            self._resolve_recovery(status == "finished", time.time())
         error = None
-        if status != "finished" and forwarded is None:
+        if status != "finished" and (forwarded is None or hung):
             error = self._error_record(attempt, exit_code, sig, readers, oom_delta)
+            if status == "killed" and sig == signal.SIGKILL and error["category"] == "memory":
+                status = "oom-killed"  # no cgroup counter, but RSS at the limit says the OOM killer
+        ended = restart.Exited(restart.Failure.of(status, error, forwarded, hung))
+        self.machine = restart.transition(self.machine, ended, self.opts.restart_policy)
         exit_data = {"event": "exit", "attempt": attempt, "exit_code": exit_code, "signal": sig,
                      "signal_name": launch.signal_name(sig) or None, "status": status,
-                     "oom_kill_delta": oom_delta, "peaks": self.monitor.peaks()}
+                     "oom_kill_delta": oom_delta, "last_step": self.writer.position()["step"],
+                     "peaks": self.monitor.peaks()}
         if error is not None:
             exit_data["cause"] = error["cause"]
         if forwarded is not None:
             exit_data["forwarded_signal"] = launch.signal_name(forwarded)
+        if self.machine.state.final and self.machine.reason:
+            exit_data["stop_reason"] = self.machine.reason
+            self.say(self.machine.reason)
+        elif self.machine.state is restart.State.BACKING_OFF:
+            exit_data["next"] = "restart"
         self.emit("attempt", {k: v for k, v in exit_data.items() if v is not None})
+        if self.machine.state is restart.State.BACKING_OFF and error is not None:
+            self.recovery = restart.RecoveryWatch(error, time.time())
+        self.signaller = self.hangs = None
         return AttemptResult(attempt, exit_code, sig, status, error)
+
+    def _resolve_recovery(self, successful: bool, t: float) -> None:
+        """Amend the previous attempt's error record: did this attempt get past the step where it failed?"""
+        watch, self.recovery = self.recovery, None
+        update = failure.recovery_update(watch.error, successful=successful, recovered_t=t, failed_t=watch.failed_t)
+        self.emit("error", update)
+        if successful:
+            past = f"past step {watch.step}" if watch.step is not None else "through"
+            self.say(f"attempt {self.attempt} got {past}: recovered from the attempt {watch.error['attempt']} "
+                     f"failure in {update['recovery_time']:g} s")
 
     def _error_record(self, attempt: int, exit_code: int, sig: int | None, readers: list[StreamReader],
                       oom_delta: int | None) -> dict:
-        """Classify the failure from everything known now, and record it."""
-        from tlog import failure
-
+        """Classify the failure from everything known now (in a distributed run, its root-cause rank's), and
+        record it."""
         stderr = next(r for r in readers if r.stream == "stderr")
         position = self.writer.position()
+        hangs = self.hangs
+        blame = ranks.blame(self.workers, self.crash, list(stderr.tail), exit_code, sig,
+                            hangs.stack if hangs is not None else None, hangs.stacks if hangs is not None else {})
         record = failure.failure_record(
-            self.crash, exit_code=None if sig else exit_code, signal=sig, stderr_tail=list(stderr.tail),
-            phase=position["phase"], position=position, samples=self.monitor.recent(MEMORY_TIMELINE_S),
-            oom_kill_delta=oom_delta)
-        error = failure.error_record(record, attempt=attempt)
+            blame.crash, exit_code=None if blame.signal else blame.exit_code, signal=blame.signal,
+            stderr_tail=blame.stderr, phase=position["phase"], position=position,
+            samples=self.monitor.recent(MEMORY_TIMELINE_S), oom_kill_delta=oom_delta, hang_stack=blame.hang_stack)
+        node = "" if self.node is None else f"-node{self.node}"
+        error = failure.error_record(record, attempt=attempt, error_id=f"attempt-{attempt}{node}")
+        error.update(blame.fields, **({"node": self.node} if node else {}))
         error["peaks"] = self.monitor.peaks()
         error["memory_timeline"] = [{k: r.get(k) for k in ("t", "rss_mb", "headroom_mb", "mem_limit_mb")}
                                     for r in record.samples]
         self.emit("error", error, step=record.step, epoch=record.epoch, batch=record.batch)
         return error
 
+    def _torchrun_restarted(self, event: dict) -> None:
+        """torchrun restarted its workers (its own ``--max-restarts``): the round that failed is an attempt
+        with its error record, and the new round the next attempt, which the recovery watch follows."""
+        count = event["data"].get("restart_count")
+        error = self._error_record(self.attempt, 1, None, self._readers, None)
+        self.emit("attempt", {"event": "exit", "attempt": self.attempt, "status": "failed", "by": "torchrun",
+                              "cause": error["cause"], "next": "restart"})
+        reason = f"torchrun restarted its workers (its restart {count}) after: {error['cause']}"
+        self.emit("restart", {"attempt": self.attempt + 1, "reason": reason, "by": "torchrun", "delay_s": 0})
+        self.say(reason)
+        self.workers.next_round(count)
+        self.workers.joined(event)
+        self.attempt += 1
+        self.crash = None
+        self.emit("attempt", {"event": "start", "attempt": self.attempt, "by": "torchrun", "restart_count": count,
+                              "pid": self.monitor.pid})
+        self.recovery = restart.RecoveryWatch(error, time.time())
+
     def _on_signal(self, signum: int) -> None:
         if self.signaller is None:
             self.pending_signal = signum
+            self._wake.set()  # a restart waiting out its backoff does not happen
         else:
             self.signaller.forward(signum)
 
     def _farewell(self, summary: dict) -> None:
         status = summary.get("status")
         steps = summary.get("steps")
-        parts = [f"{status}", f"{steps} steps" if steps is not None else None, str(self.exp_dir)]
+        parts = [summary.get("outcome") or status, f"{steps} steps" if steps is not None else None,
+                 str(self.exp_dir)]
         self.display.message(" | ".join(p for p in parts if p))
         errors = summary.get("errors", {}).get("items") or []
         if errors and status != "finished":
@@ -274,8 +409,11 @@ class Session:
             self.display.message(f"{last.get('category')}: {last.get('cause')}")
 
 
-def decide_status(exit_code: int, sig: int | None, forwarded: int | None, oom_delta: int | None = None) -> str:
+def decide_status(exit_code: int, sig: int | None, forwarded: int | None, oom_delta: int | None = None,
+                  hung: bool = False) -> str:
     """The run's status from how it ended (the hook's opinion does not count)."""
+    if hung:
+        return "hung"
     if sig is None and exit_code == 0:
         return "finished"
     if sig == signal.SIGKILL and forwarded is None and oom_delta:

@@ -26,6 +26,7 @@ from tlog.views.viewstate import MetricStat, ViewState
 
 SPARKS = "▁▂▃▄▅▆▇█"
 MAX_METRICS = 12
+MAX_RANK_LINES = 8  # beyond this many ranks, one line per node
 NAME_WIDTH = 24
 VALUE_WIDTH = 10
 STATUS_STYLES = {"running": "green", "finished": "bold green", "restarting": "yellow", "starting": "cyan"}
@@ -222,6 +223,40 @@ def _gpu_ids(sysd: dict) -> list[str]:
     return sorted(ids, key=lambda gid: int(gid[3:]) if gid[3:].isdigit() else 0)
 
 
+def _ranks(s: ViewState) -> list[Text]:
+    """A line per rank (per node beyond MAX_RANK_LINES ranks): its step, loss and memory, and who failed."""
+    if len(s.ranks) < 2:
+        return []
+    if len(s.ranks) <= MAX_RANK_LINES:
+        groups = {f"rank {rank}": [rank] for rank in sorted(s.ranks)}
+    else:
+        groups = {}
+        for rank in sorted(s.ranks):
+            info = s.ranks[rank]
+            where = f"node {info['node']}" if info.get("node") is not None else str(info.get("host") or "node ?")
+            groups.setdefault(where, []).append(rank)
+    lines = []
+    for label, members in groups.items():
+        infos = [s.ranks[r] for r in members]
+        steps = sorted({i["step"] for i in infos if i.get("step") is not None})
+        step = "n/a" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+        rss = [i["rss_mb"] for i in infos if isinstance(i.get("rss_mb"), (int, float))]
+        who = label if len(members) == 1 else f"{label} ranks {members[0]}-{members[-1]}"
+        parts = [f"{who:<16}", f"step {step:<10}"]
+        if len(members) == 1 and infos[0].get("loss") is not None:
+            parts.append(f"loss {fmt_value(infos[0]['loss']):<10}")
+        parts.append(f"RAM {fmt_mb(sum(rss)) if rss else 'n/a'}")
+        line = _line(*parts)
+        failed = [r for r in members if "failed" in s.ranks[r]]
+        root = s.failed_rank if s.failed_rank in members else (failed[0] if failed else None)
+        if root is not None:
+            first = " first" if root == s.failed_rank else ""
+            line.append(f"  ✗ failed{first}" if len(members) == 1 else f"  ✗ rank {root} failed{first}",
+                        style="bold red")
+        lines.append(line)
+    return lines
+
+
 def _problems(s: ViewState) -> list[Text]:
     lines = []
     for label, counts, last, style in (("errors", s.errors, s.last_error, "red"),
@@ -260,7 +295,7 @@ def render(state: ViewState, width: int, now: float | None = None, *,
     now = time.time() if now is None else now
     inner = max(20, width - 4)
     rows: list[RenderableType] = [*_header(s, now), *_progress(s, inner), *_metrics(s, inner)]
-    rows += [*_resources(s, inner), *_problems(s), *_output(s, output_lines)]
+    rows += [*_resources(s, inner), *_ranks(s), *_problems(s), *_output(s, output_lines)]
     title = Text(f" tlog · {s.name or 'n/a'} ", style="bold")
     return Panel(Group(*rows), title=title, title_align="left", width=width, padding=(0, 1))
 

@@ -1,13 +1,25 @@
-"""Text reports: summary, errors, experiment list (Rich tables on the terminal)."""
+"""Text reports: summary, errors, experiment list, comparison.
+
+Everything fits 80 columns: names are never cut (a long one wraps), numbers keep four significant digits in
+at most nine characters, and a missing value reads 'n/a', never zero.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from tlog.report import LIVE, flatten
+from tlog.views.ranks import error_rank_lines, print_ranks
+
+VALIDATION_PREFIXES = ("validation_", "val_", "eval_", "test_")
 
 
 def fmt_num(value: Any) -> str:
@@ -16,6 +28,8 @@ def fmt_num(value: Any) -> str:
         return "n/a"
     if isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, int):
         return f"{value:,}"
     if not math.isfinite(value):
@@ -23,6 +37,8 @@ def fmt_num(value: Any) -> str:
     if value == 0:
         return "0"
     mag = abs(value)
+    if 1e3 <= mag < 1e6:
+        return f"{value:,.0f}"
     return f"{value:.3e}" if mag < 1e-3 or mag >= 1e6 else f"{value:.4g}"
 
 
@@ -35,73 +51,151 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def fmt_time(t: float | None) -> str:
-    return "n/a" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+def fmt_time(t: float | None, short: bool = False) -> str:
+    if t is None:
+        return "n/a"
+    return time.strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def status_text(s: dict[str, Any]) -> str:
+    """'finished', 'finished after 2 restarts', 'interrupted (no supervisor left)', 'running (attempt 2)'."""
+    status = s.get("status") or "unknown"
+    restarts = s.get("restarts") or 0
+    if restarts:
+        status += f" after {restarts} restart{'s' if restarts > 1 else ''}" if status not in LIVE else \
+            f" (attempt {restarts + 1})"
+    if s.get("status") == "interrupted":
+        status += " (its supervisor is gone)"
+    if s.get("stop_reason"):
+        status += f": {s['stop_reason']}"
+    return status
+
+
+def _say(console: Console, text: str) -> None:
+    """Plain text, never Rich markup, and no line breaks inserted: long lines stay greppable."""
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _line(console: Console, key: str, value: str) -> None:
+    _say(console, f"  {key:<11} {value}")
 
 
 def print_summary(s: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    status = s.get("status", "unknown")
-    restarts = s.get("restarts") or 0
-    if restarts:
-        status += f" (after {restarts} restart{'s' if restarts > 1 else ''})"
-    console.print(f"[bold]{s.get('experiment')}[/bold]  {status}", highlight=False)
-    facts = [("started", fmt_time(s.get("started"))), ("duration", fmt_duration(s.get("duration_s"))),
-             ("steps", fmt_num(s.get("steps"))), ("epochs", fmt_num(s.get("epochs"))),
-             ("command", " ".join(s.get("command") or []) or "n/a"), ("path", s.get("path", "n/a"))]
-    for key, value in facts:
-        console.print(f"  {key:<9} {value}", highlight=False, markup=False)
+    console.print(Text.assemble((str(s.get("experiment")), "bold"), f"  {status_text(s)}"))
+    _line(console, "started", f"{fmt_time(s.get('started'))}   duration {fmt_duration(s.get('duration_s'))}")
+    steps = f"{fmt_num(s.get('steps'))}   epochs {fmt_num(s.get('epochs'))}"
+    if s.get("steps_per_s"):
+        steps += f"   throughput {fmt_num(s['steps_per_s'])} steps/s"
+    _line(console, "steps", steps)
+    _line(console, "command", " ".join(s.get("command") or []) or "n/a")
+    _line(console, "path", s.get("path", "n/a"))
     _metrics_table(s.get("metrics", {}), console)
-    peaks = s.get("resources", {}).get("peaks") or {}
-    if peaks:
-        console.print("  peaks    " + ", ".join(f"{k} {fmt_num(v)}" for k, v in sorted(peaks.items())),
-                      highlight=False, markup=False)
+    _resources(s.get("resources", {}).get("peaks") or {}, console)
+    print_ranks(s, console, fmt_num)
     ckpt = s.get("checkpoints") or {}
     if ckpt.get("count"):
         newest = ckpt.get("newest") or {}
-        console.print(f"  checkpoints {ckpt['count']}, newest {newest.get('path')} "
-                      f"(step {fmt_num(newest.get('step'))})", highlight=False, markup=False)
-    errs = s.get("errors") or {}
-    if errs.get("count"):
-        cats = ", ".join(f"{k} {v}" for k, v in errs.get("by_category", {}).items())
-        console.print(f"  errors   {errs['count']} ({cats})", highlight=False, markup=False)
-        for item in errs.get("items", [])[-5:]:
-            console.print(f"    - [{item.get('category')}] {item.get('cause') or item.get('error_message')}",
-                          highlight=False, markup=False)
+        _line(console, "checkpoints", f"{ckpt['count']}, newest {newest.get('path')} "
+                                      f"(step {fmt_num(newest.get('step'))})")
+    _errors(s.get("errors") or {}, console)
     warns = s.get("warnings") or {}
     if warns.get("count"):
         cats = ", ".join(f"{k} {v}" for k, v in warns.get("by_category", {}).items())
-        console.print(f"  warnings {warns['count']} ({cats})", highlight=False, markup=False)
+        _line(console, "warnings", f"{warns['count']} ({cats})")
+    config = user_config(s.get("config") or {})
+    if config:
+        _line(console, "config", ", ".join(f"{k}={v}" for k, v in config.items()))
+    notes = []
+    if s.get("malformed_lines"):
+        notes.append(f"{s['malformed_lines']} malformed line(s) of events.jsonl skipped")
+    if s.get("partial_tail"):
+        notes.append("the last line of events.jsonl is half-written (ignored)")
+    if notes:
+        _line(console, "note", "; ".join(notes))
+
+
+def user_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The script's configuration, flattened, without tlog's own run options and command line."""
+    return flatten({k: v for k, v in config.items() if k not in ("tlog", "command")})
 
 
 def _metrics_table(metrics: dict[str, dict], console: Console) -> None:
     if not metrics:
-        console.print("  no metrics recorded", highlight=False)
+        _line(console, "metrics", "none recorded")
         return
-    table = Table(box=None, pad_edge=False, padding=(0, 2))
-    for col in ("metric", "last", "best", "best step", "min", "max", "count"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for name, m in metrics.items():
-        table.add_row(name, fmt_num(m.get("last")), fmt_num(m.get("best")) if m.get("mode") else "",
-                      fmt_num(m.get("best_step")) if m.get("mode") else "", fmt_num(m.get("min")),
-                      fmt_num(m.get("max")), fmt_num(m.get("count")))
+    table = Table(box=None, padding=(0, 0, 0, 2), show_edge=False)
+    table.add_column("metric", no_wrap=True)
+    for col in ("last", "best", "at step", "min", "max"):
+        table.add_column(col, justify="right", no_wrap=True)
+    training = [n for n in metrics if not n.startswith(VALIDATION_PREFIXES)]
+    validation = [n for n in metrics if n.startswith(VALIDATION_PREFIXES)]
+    for names in (training, validation):
+        for name in names:
+            m = metrics[name]
+            best = m.get("mode") is not None
+            table.add_row(escape(name), fmt_num(m.get("last")), fmt_num(m.get("best")) if best else "",
+                          fmt_num(m.get("best_step")) if best else "", fmt_num(m.get("min")), fmt_num(m.get("max")))
+        if names is training and validation and training:
+            table.add_section()
     console.print(table)
 
 
-def print_errors(rows: list[dict[str, Any]], show_experiment: bool = False, console: Console | None = None) -> None:
+def _resources(peaks: dict[str, Any], console: Console) -> None:
+    if "rss_mb" in peaks:
+        ram = f"{fmt_num(peaks['rss_mb'])} MB peak"
+        if peaks.get("mem_limit_mb"):
+            ram += f" of {fmt_num(peaks['mem_limit_mb'])} MB"
+        if peaks.get("headroom_min_mb") is not None:
+            ram += f", lowest headroom {fmt_num(peaks['headroom_min_mb'])} MB"
+        _line(console, "RAM", ram)
+    gpus = sorted({k.split("_")[0] for k in peaks if k.startswith("gpu")})
+    for gpu in gpus:
+        used, total = peaks.get(f"{gpu}_max_mb"), peaks.get(f"{gpu}_total_mb")
+        _line(console, gpu.upper(), f"{fmt_num(used)} MB peak" + (f" of {fmt_num(total)} MB" if total else ""))
+
+
+def _errors(errs: dict[str, Any], console: Console) -> None:
+    if not errs.get("count"):
+        return
+    cats = ", ".join(f"{k} {v}" for k, v in errs.get("by_category", {}).items())
+    _line(console, "errors", f"{errs['count']} ({cats})")
+    causes: dict[str, list[str]] = {}
+    for item in errs.get("items", []):
+        cause = item.get("cause") or item.get("error_message") or "no cause recorded"
+        seen = causes.setdefault(item.get("category") or "unknown", [])
+        if cause not in seen:
+            seen.append(cause)
+    for category, texts in causes.items():
+        for text in texts[-3:]:
+            _say(console, f"    - [{category}] {text}")
+
+
+def print_errors(rows: list[dict[str, Any]], show_experiment: bool = False, traceback: bool = False,
+                 console: Console | None = None) -> None:
     console = console or Console()
     if not rows:
         console.print("no errors recorded")
         return
     for err in rows:
-        where = " ".join(f"{k} {err[k]}" for k in ("epoch", "batch", "step") if err.get(k) is not None)
-        head = f"{err.get('timestamp', '')}  [{err.get('category')}] phase {err.get('phase')}"
-        if show_experiment:
-            head = f"{err.get('experiment')}  " + head
-        if err.get("attempt"):
-            head += f"  attempt {err['attempt']}"
-        console.print(head + (f"  ({where})" if where else ""), highlight=False, markup=False)
-        console.print(f"    {err.get('cause') or err.get('error_message')}", highlight=False, markup=False)
+        where = ", ".join(f"{k} {fmt_num(err[k])}" for k in ("step", "epoch", "batch") if err.get(k) is not None)
+        head = [err.get("experiment") if show_experiment else None, err.get("timestamp"),
+                f"[{err.get('category')}]", f"phase {err.get('phase')}",
+                f"attempt {err['attempt']}" if err.get("attempt") else None, f"({where})" if where else None,
+                f"rank {err['rank']}" if err.get("rank") is not None else None,
+                f"node {err['node']}" if err.get("node") is not None else None]
+        _say(console, "  ".join(h for h in head if h))
+        _say(console, f"    {err.get('cause') or err.get('error_message')}")
+        for line in error_rank_lines(err):
+            _say(console, line)
+        if err.get("recovery_attempted"):
+            outcome = "recovered" if err.get("recovery_successful") else "not recovered"
+            secs = err.get("recovery_time")
+            _say(console, f"    recovery: {outcome}" + (f" after {secs:.1f} s" if isinstance(secs, (int, float))
+                                                         else ""))
+        if traceback and err.get("traceback"):
+            for line in str(err["traceback"]).rstrip().splitlines():
+                _say(console, f"      {line}")
 
 
 def print_list(rows: list[dict[str, Any]], console: Console | None = None) -> None:
@@ -109,10 +203,63 @@ def print_list(rows: list[dict[str, Any]], console: Console | None = None) -> No
     if not rows:
         console.print("no experiments")
         return
-    table = Table(box=None, pad_edge=False, padding=(0, 2))
-    for col in ("experiment", "status", "started", "duration", "steps", "best loss", "errors"):
-        table.add_column(col, justify="left" if col in ("experiment", "status", "started") else "right")
+    table = Table(box=None, pad_edge=False, padding=(0, 0, 0, 2), show_edge=False)
+    table.add_column("experiment", overflow="fold", ratio=1)
+    table.add_column("status", no_wrap=True)
+    for col in ("started", "duration", "steps", "best loss", "errors"):
+        table.add_column(col, justify="left" if col == "started" else "right", no_wrap=True)
     for r in rows:
-        table.add_row(r["experiment"], str(r["status"]), fmt_time(r["started"]), fmt_duration(r["duration_s"]),
-                      fmt_num(r["steps"]), fmt_num(r["best_loss"]), str(r["errors"]))
+        status = str(r["status"]) + (f"+{r['restarts']}r" if r.get("restarts") else "")
+        table.add_row(escape(r["experiment"]), status, fmt_time(r["started"], short=True),
+                      fmt_duration(r["duration_s"]), fmt_num(r["steps"]), fmt_num(r["best_loss"]), str(r["errors"]))
+    console.print(table)
+
+
+def print_compare(c: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(box=None, pad_edge=False, padding=(0, 0, 0, 2), show_edge=False)
+    table.add_column("", overflow="fold", ratio=1)
+    for name in c["experiments"]:
+        table.add_column(name, justify="right", overflow="fold")
+    for key, values in c["facts"].items():
+        fmt = fmt_duration if key == "duration_s" else fmt_num
+        table.add_row(key.removesuffix("_s") if key == "duration_s" else key, *(fmt(v) for v in values))
+    table.add_section()
+    for name, per_exp in c["metrics"].items():
+        table.add_row(escape(f"{name} last"), *(fmt_num(m["last"]) if m else "-" for m in per_exp))
+        if any(m and m.get("mode") for m in per_exp):
+            table.add_row(escape(f"{name} best"), *(_best(m) for m in per_exp))
+    differs = c["config"]["differs"]
+    if differs:
+        table.add_section()
+        for key, values in differs.items():
+            table.add_row(escape(key), *("-" if v is None else escape(_short(v)) for v in values))
+    console.print(table)
+    console.print(f"config: {len(differs)} key(s) differ, {c['config']['same']} identical", highlight=False)
+
+
+def _best(m: dict | None) -> str:
+    if not m or m.get("best") is None:
+        return "-"
+    return f"{fmt_num(m['best'])} @{fmt_num(m.get('best_step'))}"
+
+
+def _short(value: Any) -> str:
+    text = " ".join(map(str, value)) if isinstance(value, list) else fmt_num(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def print_settings(result: dict[str, Any], console: Console | None = None) -> None:
+    """``tlog config show``: each setting, its value, and the file (or default, or variable) it comes from."""
+    console = console or Console()
+    files = result["files"]
+    _say(console, "settings files: " + (", ".join(files) if files else "none (built-in defaults)"))
+    table = Table(box=None, padding=(0, 0, 0, 2), show_edge=False)
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("from", no_wrap=True)
+    for key, row in result["settings"].items():
+        value, source = row["value"], row["source"]
+        shown = "n/a" if value is None else escape(str(value))
+        table.add_row(key, shown, Path(source).name if "/" in source else source)
     console.print(table)

@@ -22,7 +22,8 @@ LOSS_LIKE = ("loss", "err", "perplexity", "ppl")
 NO_BEST = ("lr", "learning_rate")  # a "best" learning rate means nothing
 NOT_METRICS = frozenset({"total_batches", "total_epochs", "epoch", "step", "batch"})
 CONFIG_EPOCH_KEYS = ("total_epochs", "epochs", "num_epochs", "max_epochs", "n_epochs")
-FINAL_STATUSES = frozenset({"finished", "failed", "killed", "crashed", "interrupted", "timeout", "error"})
+FINAL_STATUSES = frozenset({"finished", "failed", "killed", "oom-killed", "hung", "crashed", "interrupted",
+                            "timeout", "error"})
 SPARK_POINTS = 64
 RATE_SAMPLE_S = 0.5
 RATE_SAMPLES = 20  # ~10 s of history at one sample per RATE_SAMPLE_S
@@ -124,6 +125,8 @@ class ViewState:
         self.crash: str | None = None
         self.checkpoints = 0
         self.last_checkpoint: dict | None = None
+        self.ranks: dict[int, dict[str, Any]] = {}  # distributed runs: step, loss, memory, host, failure per rank
+        self.failed_rank: int | None = None  # the root cause of the last distributed failure
         self.output: deque[tuple[str, str]] = deque(maxlen=output_lines)
         self.events = 0
         self._lock = threading.Lock()
@@ -156,6 +159,7 @@ class ViewState:
             clone.rate_samples = deque(self.rate_samples)
             clone.errors = dict(self.errors)
             clone.warnings = dict(self.warnings)
+            clone.ranks = {rank: dict(info) for rank, info in self.ranks.items()}
         clone.output = deque(list(self.output))  # deque is thread-safe on its own; list() is atomic
         return clone
 
@@ -222,9 +226,22 @@ class ViewState:
         if not samples or t - samples[-1][0] >= RATE_SAMPLE_S:
             samples.append((t, position))
 
+    def _rank(self, rank: int) -> dict[str, Any]:
+        info = self.ranks.get(rank)
+        if info is None:
+            info = self.ranks[rank] = {}
+        return info
+
     def _on_metrics(self, event: dict, data: dict) -> None:
-        if not self._main_rank(event):
-            return
+        rank = event.get("rank")
+        if rank is not None:
+            info = self._rank(rank)
+            if event.get("step") is not None:
+                info["step"] = event["step"]
+            if "loss" in data:
+                info["loss"] = number(data["loss"])
+            if rank != 0:  # the bars and values are rank 0's, so the ranks do not make them flicker
+                return
         if "total_batches" in data or "total_epochs" in data:
             self._totals(data)
         self._progress(event)
@@ -265,6 +282,9 @@ class ViewState:
                 return
 
     def _on_meta(self, event: dict, data: dict) -> None:
+        if event.get("rank") is not None:
+            info = self._rank(event["rank"])
+            info.update({k: v for k, v in (("host", data.get("host")), ("node", event.get("node"))) if v is not None})
         argv = data.get("argv")
         if not self.command and isinstance(argv, list):
             self.command = " ".join(str(arg) for arg in argv)
@@ -276,7 +296,15 @@ class ViewState:
 
     def _on_crash(self, event: dict, data: dict) -> None:
         where = f" (in {data['phase']})" if data.get("phase") else ""
-        self.crash = f"{data.get('type', 'error')}: {data.get('message', '')}{where}"
+        text = f"{data.get('type', 'error')}: {data.get('message', '')}{where}"
+        rank = event.get("rank")
+        if rank is not None:
+            first = not any("failed" in info for info in self.ranks.values())
+            self._rank(rank).setdefault("failed", text)
+            if not first:  # a rank that lost its peer: the first failure stays the headline
+                return
+            text = f"rank {rank}: {text}"
+        self.crash = text
 
     def _on_warning(self, event: dict, data: dict) -> None:
         category = str(data.get("category") or "warning")
@@ -284,19 +312,30 @@ class ViewState:
         self.last_warning = f"{category}: {data.get('message', '')}"
 
     def _on_error(self, event: dict, data: dict) -> None:
+        if "update_of" in data:  # an earlier error's recovery, not a new error
+            return
         category = str(data.get("category") or "error")
         self.errors[category] = self.errors.get(category, 0) + 1
         phase = data.get("phase")
         where = f" (in {phase})" if phase and phase != "unknown" else ""
         self.last_error = f"{category}: {data.get('error_message', '')}{where}"
+        if data.get("root_cause_rank") is not None and not (data.get("peer_lost") and self.failed_rank is not None):
+            self.failed_rank = data["root_cause_rank"]  # a node that only lost its peers does not know better
 
     def _on_system(self, event: dict, data: dict) -> None:
-        self.system = data  # a reference swap: a renderer holding the old dict still sees a whole one
+        for key, value in data.items():
+            if key.startswith("rank") and key.endswith("_rss_mb") and key[4:-7].isdigit():
+                self._rank(int(key[4:-7]))["rss_mb"] = value
+        if not event.get("node"):  # a multi-node run watched: the resource lines are node 0's
+            self.system = data  # a reference swap: a renderer holding the old dict still sees a whole one
 
     def _on_attempt(self, event: dict, data: dict) -> None:
+        if event.get("node"):  # another node's supervisor (a multi-node run watched): node 0 tells the run's story
+            return
         self.attempt = data.get("attempt", self.attempt)
         self.max_attempts = data.get("max_attempts", self.max_attempts)
         if data.get("event") == "start":
+            self.ranks, self.failed_rank = {}, None  # a new round of workers (they report again)
             self.status = "running"
             self.pid = data.get("pid", self.pid)
             self.end_time = self.exit_code = self.restart = None
@@ -309,6 +348,8 @@ class ViewState:
             self.end_time = event.get("t")
 
     def _on_restart(self, event: dict, data: dict) -> None:
+        if event.get("node"):
+            return
         self.status = "restarting"
         self.end_time = None
         self.restart = data

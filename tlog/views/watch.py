@@ -2,7 +2,9 @@
 
 Everything comes from files the supervisor appends to (``events.jsonl``,
 ``training.log``), so a watcher needs no connection to the running process and
-may come and go; it reads only what was appended since its last poll.
+may come and go; it reads only what was appended since its last poll.  A multi-node run's nodes each
+append their own ``events.node<k>.jsonl``: every node's file is followed (a node that starts late is picked
+up when its file appears) and each poll's events are applied in time order.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tlog.protocol import JSONDecodeError, loads
+from tlog.store.layout import node_file, node_ids
 from tlog.views.panel import LivePanel, render
 from tlog.views.viewstate import ViewState
 
@@ -94,17 +97,19 @@ class Watcher:
         self.settle_s = settle_s
         self.state = ViewState(name=exp_dir.name)
         self.events = Follower(exp_dir / EVENTS_FILE)
+        self.node_events: dict[int, Follower] = {}  # nodes 1, 2, ... of a multi-node run
         self.log = Follower(exp_dir / LOG_FILE, backlog=LOG_BACKLOG_BYTES)
         self._ended_seen: float | None = None
 
     def poll(self) -> None:
-        for raw in self.events.lines():
-            try:
-                event = loads(raw)
-            except (JSONDecodeError, ValueError):
-                continue
-            if isinstance(event, dict):
-                self.state.apply(event)
+        for node in node_ids(self.exp_dir):
+            if node and node not in self.node_events:
+                self.node_events[node] = Follower(self.exp_dir / node_file(EVENTS_FILE, node))
+        events = [event for follower in (self.events, *self.node_events.values()) for event in _parse(follower)]
+        if self.node_events:
+            events.sort(key=lambda e: e.get("t") if isinstance(e.get("t"), (int, float)) else 0.0)
+        for event in events:
+            self.state.apply(event)
         for raw in self.log.lines():
             self.state.apply_output(*parse_log_line(raw))
 
@@ -124,6 +129,16 @@ class Watcher:
             self._ended_seen = time.monotonic()
         waited = max(time.time() - state.end_time, time.monotonic() - self._ended_seen)
         return waited >= self.settle_s
+
+
+def _parse(follower: Follower) -> Iterator[dict]:
+    for raw in follower.lines():
+        try:
+            event = loads(raw)
+        except (JSONDecodeError, ValueError):
+            continue
+        if isinstance(event, dict):
+            yield event
 
 
 def watch_experiment(exp_dir: Path, console: Console, refresh_hz: float = 4, poll_s: float = 0.25,

@@ -1,0 +1,92 @@
+"""Checkpoints: every ``torch.save`` to a path, or to a file object that has a name.
+
+The checkpoint event is sent after the save returns, so the newest one
+announced is complete (what a restart resumes from).  Entering the save is a
+``checkpoint_saving`` phase event (progress for hang detection; a crash
+inside names it), and the pending metrics are reported first, so the
+checkpoint's step has its row.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+
+from tlog.hook.probes.state import Probe, Undo
+
+
+def target_of(f: Any) -> tuple[str, int | None] | None:
+    """(absolute path, bytes written) of a save target; None for an in-memory buffer."""
+    if isinstance(f, (str, os.PathLike)):
+        path = os.fspath(f)
+        try:
+            return os.path.abspath(path), os.path.getsize(path)
+        except OSError:
+            return os.path.abspath(path), None
+    name = getattr(f, "name", None)
+    if not isinstance(name, str):
+        return None
+    try:
+        size = f.tell()  # still buffered in the user's open file: its position is what was written
+    except (OSError, AttributeError, ValueError):
+        size = None
+    return os.path.abspath(name), size
+
+
+class Saves:
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.depth = 0  # a save inside a save (a library wrapping torch.save) is one checkpoint
+
+    def before(self) -> None:
+        probe = self.probe
+        probe.report_pending()
+        em = probe.em
+        em.phase = "checkpoint_saving"
+        em.emit("phase", {"phase": "checkpoint_saving"}, step=em.step, epoch=em.epoch, batch=em.batch)
+
+    def after(self, f: Any, phase: str | None) -> None:
+        target = target_of(f)
+        em = self.probe.em
+        em.phase = phase
+        if target is not None:
+            em.emit("checkpoint", {"path": target[0], "bytes": target[1]}, step=em.step, epoch=em.epoch,
+                    batch=em.batch)
+        self.probe.idle()
+
+
+def patch(probe: Probe) -> Undo:
+    saves = Saves(probe)
+    original = torch.save
+
+    @functools.wraps(original)
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
+        if saves.depth:
+            return original(obj, f, *args, **kwargs)
+        phase = probe.em.phase
+        try:
+            saves.before()
+        except Exception as exc:  # noqa: BLE001
+            probe.fail("save", exc)
+        saves.depth += 1
+        try:
+            result = original(obj, f, *args, **kwargs)  # a failing save leaves the phase at checkpoint_saving
+        finally:
+            saves.depth -= 1
+        try:
+            saves.after(f, phase)
+        except Exception as exc:  # noqa: BLE001
+            probe.fail("save", exc)
+        return result
+
+    torch.save = save
+    torch.serialization.save = save
+
+    def undo() -> None:
+        torch.save = original
+        torch.serialization.save = original
+
+    return undo

@@ -1,0 +1,190 @@
+"""The probe's state and its step accounting: what a step is, which loss belongs to it, when to report.
+
+- A step is a step of the *primary* optimizer, the first one seen stepping
+  (its count is the global step).  Other optimizers (a GAN's second one) are
+  counted on their own.  While no optimizer exists at all, each backward is a
+  step (loops that update ``p.data`` by hand).
+- The loss of a step is the mean of the scalar losses backpropagated since the
+  previous optimizer step (gradient accumulation).  Inside an optimizer's
+  ``step`` (a closure: LBFGS evaluates it many times) only the first
+  evaluation counts, and only when the step had no loss before it: the loss
+  at the parameters the step started from, the one LBFGS itself returns.
+- With several optimizers, a due report waits for the primary's next step
+  (or any pending-report point), so the other optimizers' steps of the same
+  iteration (a GAN's generator after its discriminator) join its row.
+- A loss on an accelerator stays there, detached, until a report reads the
+  whole window at once: no device synchronisation between reports (see
+  ``window``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+from tlog.hook.emitter import Emitter
+from tlog.hook.probes.report import Reporter
+from tlog.hook.probes.window import Window
+
+Undo = Callable[[], None]
+MAX_WINDOW = 10_000  # held losses before a report is forced (a primary optimizer that stopped stepping)
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``tlog run`` asked of the probe, through the environment."""
+
+    log_every: int = 0  # report every N steps; 0: at most every report.AUTO_INTERVAL_S seconds
+    grad_norm: int = 0  # total gradient norm every N steps; 0: off
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(log_every=_env_int("TLOG_LOG_EVERY"), grad_norm=_env_int("TLOG_GRAD_NORM"))
+
+
+class OptState:
+    """One optimizer as the probe knows it: its name (opt1, opt2, ... by creation) and step count."""
+
+    __slots__ = ("index", "name", "ref", "steps")
+
+    def __init__(self, ref: Callable[[], Any], index: int) -> None:
+        self.ref = ref  # a weak reference: the probe never keeps an optimizer (and its state) alive
+        self.index = index
+        self.name = f"opt{index}"
+        self.steps = 0
+
+
+_DEPENDENT = {"step": ("loss",), "report": ("loss",)}
+
+
+def resume_step() -> int:
+    """The step of the checkpoint tlog restarted this run from (TLOG_RESUME_STEP), else 0."""
+    return _env_int("TLOG_RESUME_STEP")
+
+
+class Probe:
+    """State shared by the patches; each capability switches itself off on its first failure."""
+
+    def __init__(self, em: Emitter, settings: Settings) -> None:
+        self.em = em
+        self.settings = settings
+        self.step = resume_step()  # a restart from a checkpoint continues the global step, no sawtooth
+        self.off: set[str] = set()
+        self.window = Window()
+        self.optimizers: list[OptState] = []
+        self.primary: OptState | None = None
+        self.in_step: OptState | None = None
+        self.step_loss_seen = False
+        self.scaled: tuple[Any, Any] | None = None  # (scaled, unscaled) from the last GradScaler.scale
+        self.loaders: Any = None  # data.Loaders, once the DataLoader patch is in
+        self.side: Any = None  # the open data.Side pass (validation, or training not yet recognised)
+        self.capture: Any = None  # losses.Capture, once the loss-module patch is in
+        self.total_batches: int | None = None
+        self.reporter = Reporter(self)
+        self.undoers: dict[str, Undo] = {}
+
+    def fail(self, name: str, exc: BaseException) -> None:
+        """Switch a capability off after its first failure, and say so once.
+
+        Its patch is undone (torch's own function is back in place), so no hot path ever checks a switch.
+        Without step counting or reports, the losses would pile up unread: loss capture goes off with them.
+        """
+        if name in self.off:
+            return
+        self.em.warn_once(f"probe-{name}", f"tlog probe '{name}' disabled after an error: {exc!r}", "probe")
+        for off in (name, *_DEPENDENT.get(name, ())):
+            self.off.add(off)
+            undo = self.undoers.pop(off, None)
+            if undo is not None:
+                try:
+                    undo()
+                except Exception:  # noqa: BLE001 - half-undone is still better than raising into training
+                    pass
+        if name in _DEPENDENT:
+            self.window.__init__()
+            self.em.defer_devices = False  # no report will read held-back values any more
+
+    # -- losses and steps (the hot path: a few attribute reads and stores per call) -------------------------------
+    def on_backward(self, tensor: Any) -> bool:
+        """Hold the loss of a backward; True when this backward is a step of its own (no optimizer exists)."""
+        try:
+            self.em.phase = "backward_pass"
+            if self.side is not None:
+                self._side_backward()
+            scaled = self.scaled
+            if scaled is not None:  # AMP: record the loss, not loss * scale
+                self.scaled = None
+                if tensor is scaled[0]:
+                    tensor = scaled[1]
+            if tensor.numel() != 1:
+                return False
+            if self.in_step is not None:  # inside an optimizer's step(closure)
+                if self.step_loss_seen:
+                    return False
+                self.step_loss_seen = True
+            window = self.window
+            if tensor.is_cpu:
+                window.losses.append(tensor.item())
+            else:  # on an accelerator: read with the next report, no synchronisation now
+                window.losses.append(tensor.detach())
+                window.tensors = True
+            return not self.optimizers
+        except Exception as exc:  # noqa: BLE001 - an odd tensor: the backward itself goes on
+            self.fail("loss", exc)
+            return False
+
+    def _side_backward(self) -> None:
+        try:
+            self.loaders.on_backward()
+        except Exception as exc:  # noqa: BLE001 - the loader's trouble, not the loss's
+            self.side = None
+            self.fail("dataloader", exc)
+
+    def end_step(self, owner: OptState | None) -> None:
+        """Close the step in progress; the primary optimizer's steps (or bare backwards) advance the global step."""
+        try:
+            window = self.window
+            if owner is None or owner is self.primary:
+                self.step = step = self.step + 1
+                self.em.step = step
+                window.close(owner, step)
+                window.primary_steps += 1
+                reporter = self.reporter
+                if (step % reporter.every == 0) if reporter.every else (perf_counter() >= reporter.next_t):
+                    if len(self.optimizers) > 1:  # the others' steps of this iteration belong to this row
+                        reporter.due = (self.em.epoch, self.em.batch)
+                    else:
+                        reporter.report()
+            else:
+                window.close(owner, self.step)
+                if window.mark > MAX_WINDOW:
+                    self.reporter.report()
+        except Exception as exc:  # noqa: BLE001
+            self.fail("step", exc)
+
+    def idle(self) -> None:
+        """Time spent outside training (validation, a checkpoint) does not count against throughput."""
+        if not self.window.ends:
+            self.window.t0 = perf_counter()
+            self.reporter.samples0 = self.samples_seen()
+
+    def samples_seen(self) -> int:
+        return self.loaders.samples_seen() if self.loaders is not None else 0
+
+    def report_pending(self) -> None:
+        """Report the closed steps not yet reported (epoch end, validation, checkpoint, exit)."""
+        if self.window.ends and "report" not in self.off:
+            self.reporter.report()
+
+    def finish(self) -> None:
+        """At interpreter exit: nothing read stays unreported."""
+        self.report_pending()
+        self.em.flush_deferred()

@@ -1,0 +1,112 @@
+"""The losses of the steps since the last report, and their summary.
+
+A loss on the CPU is read as a number at its backward (reading CPU memory is
+no synchronisation, and ``item()`` is cheaper than keeping the tensor); a loss
+on an accelerator is kept, detached, and all of them are read in one transfer
+at the report, so the device is synchronised once per report, never per step.
+Per step the window gets a few appends; the summary (per-step means for
+gradient accumulation, per-optimizer means, non-finite steps) runs over the
+numbers at report time, in C-speed list operations for the usual loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+from tlog.hook.emitter import read_scalars
+
+
+@dataclass
+class Summary:
+    loss: float | None = None  # mean step loss of the primary optimizer (or of bare backwards)
+    per_owner: dict[str, float] = field(default_factory=dict)  # mean step loss of each optimizer, when several
+    nonfinite: int = 0
+    first_nonfinite_step: int | None = None
+    grad_norm: float | None = None
+    extra: list[float] = field(default_factory=list)  # values of the other tensors read along
+    steps: int = 0  # primary steps covered
+    elapsed: float = 0.0  # seconds covered
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class Window:
+    def __init__(self) -> None:
+        self.losses: list[Any] = []  # numbers (CPU losses) or detached one-element tensors, in backward order
+        self.tensors = False  # some losses are still tensors: the report reads them
+        self.ends: list[int] = []  # per closed step: where its losses end in ``losses``
+        self.owners: list[Any] = []  # per closed step: its optimizer's OptState, None for a bare backward
+        self.stepnos: list[int] = []  # per closed step: the global step it belongs to
+        self.mark = 0  # losses before it belong to closed steps; after it, to the step in progress
+        self.primary_steps = 0
+        self.grad_norm: Any = None  # a tensor, read with the losses
+        self.t0: float | None = None  # set when training starts (a training pass) and after each report
+
+    def close(self, owner: Any, step: int) -> None:
+        self.mark = end = len(self.losses)
+        self.ends.append(end)
+        self.owners.append(owner)
+        self.stepnos.append(step)
+
+    def take(self, primary: Any, extra: list[Any]) -> Summary:
+        """Summarise the closed steps, reading ``extra`` tensors in the same transfer; the window starts anew
+        (the step in progress keeps its losses)."""
+        now = perf_counter()
+        out = Summary(steps=self.primary_steps, elapsed=now - self.t0 if self.t0 is not None else 0.0)
+        values = self.losses[:self.mark]
+        if self.tensors or self.grad_norm is not None or extra:
+            values = self._read(values, extra)
+            out.extra = values[len(values) - len(extra):]
+            del values[len(values) - len(extra):]
+            if self.grad_norm is not None:
+                out.grad_norm = values.pop()
+        if self.ends:
+            self._summarise(values, primary, out)
+        self.losses = self.losses[self.mark:]
+        self.tensors = any(v.__class__ is not float for v in self.losses)
+        self.ends, self.owners, self.stepnos = [], [], []
+        self.mark, self.primary_steps, self.grad_norm, self.t0 = 0, 0, None, now
+        return out
+
+    def _read(self, values: list[Any], extra: list[Any]) -> list[float]:
+        """Every tensor among the values, then the gradient norm, then ``extra``, in one transfer."""
+        held = [v for v in values if v.__class__ is not float]
+        if self.grad_norm is not None:
+            held.append(self.grad_norm)
+        held += extra
+        read = iter(read_scalars(held))
+        numbers = [v if v.__class__ is float else next(read) for v in values]
+        numbers.extend(read)
+        return numbers
+
+    def _summarise(self, values: list[float], primary: Any, out: Summary) -> None:
+        ends, owners = self.ends, self.owners
+        steps = len(ends)
+        if steps == len(values) and ends == list(range(1, steps + 1)):  # one loss per step: the usual loop
+            per_step: list[float | None] = values
+        else:
+            per_step = [sum(values[a:b]) / (b - a) if b > a else None
+                        for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        first = owners[0]
+        if (first is None or first is primary) and owners.count(first) == steps and per_step is values:
+            out.loss = _mean(values)
+            total = out.loss
+        else:
+            main = [v for v, o in zip(per_step, owners, strict=True) if v is not None and (o is None or o is primary)]
+            out.loss = _mean(main)
+            named = sorted({o for o in owners if o is not None}, key=lambda o: o.index)
+            for owner in named:
+                own = [v for v, o in zip(per_step, owners, strict=True) if v is not None and o is owner]
+                if own:
+                    out.per_owner[owner.name] = sum(own) / len(own)
+            total = sum(v for v in per_step if v is not None)
+        if total is not None and not math.isfinite(total):  # a sum is finite only if every term is
+            bad = [i for i, v in enumerate(per_step) if v is not None and not math.isfinite(v)]
+            out.nonfinite = len(bad)
+            if bad:
+                out.first_nonfinite_step = self.stepnos[bad[0]]
