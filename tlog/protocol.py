@@ -30,26 +30,41 @@ This module is imported by the child: standard library (and orjson) only.
 
 from __future__ import annotations
 
+import json as _json
 import math
+import os
 import time
 from typing import Any
 
-try:  # orjson is ~5x faster both ways; the stdlib fallback keeps foreign interpreters working
-    import orjson as _orjson
 
-    def dumps(obj: Any) -> bytes:
-        return _orjson.dumps(obj, default=_default)
+def _stdlib_dumps(obj: Any) -> bytes:
+    return _json.dumps(obj, separators=(",", ":"), default=_default, allow_nan=False).encode()
 
-    loads = _orjson.loads
-    JSONDecodeError: type[Exception] = _orjson.JSONDecodeError
-except ImportError:  # pragma: no cover - exercised by interpreters without orjson
-    import json as _json
 
-    def dumps(obj: Any) -> bytes:
-        return _json.dumps(obj, separators=(",", ":"), default=_default, allow_nan=False).encode()
+dumps = _stdlib_dumps
+loads = _json.loads
+JSONDecodeError: type[Exception] = ValueError
 
-    loads = _json.loads
-    JSONDecodeError = ValueError
+
+def use_orjson() -> None:
+    """Bind ``dumps``/``loads`` to orjson (~5x faster both ways) when it is installed.
+
+    Done at import, except in a supervised child: there, importing orjson (which pulls in dataclasses, uuid,
+    datetime: ~25 ms) would double the hook's start-up, so the hook calls this at its first metrics event or
+    once torch is imported (which has loaded those modules already).  The stdlib fallback keeps foreign
+    interpreters working.
+    """
+    global dumps, loads, JSONDecodeError
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - exercised by interpreters without orjson
+        return
+
+    def fast_dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, default=_default)
+
+    dumps, loads, JSONDecodeError = fast_dumps, orjson.loads, orjson.JSONDecodeError
+
 
 MARKER = b"@tlog "
 SEP = b"\x1e"
@@ -77,6 +92,10 @@ def _default(obj: Any) -> Any:
         except Exception:  # noqa: BLE001 - a multi-element tensor: fall through to str
             pass
     return str(obj)
+
+
+if os.environ.get("TLOG_SUPERVISED") != "1":
+    use_orjson()
 
 
 def finite(value: float) -> float | str:

@@ -159,6 +159,13 @@ class WireEmitter(Emitter):
         self._fd = os.dup(fd)
         self._pid = os.getpid()
         os.register_at_fork(after_in_child=self._forked)
+        self.metrics = self._first_metrics  # type: ignore[method-assign]  # one call, then the class's own
+
+    def _first_metrics(self, *args: Any, **kwargs: Any) -> None:
+        """The first metrics event binds the fast encoder (deferred from start-up: see protocol.use_orjson)."""
+        del self.metrics
+        protocol.use_orjson()
+        self.metrics(*args, **kwargs)
 
     def _forked(self) -> None:
         """A forked DataLoader worker must not report as if it were the trainer."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from tlog import protocol
 from tlog.hook.emitter import Emitter
 from tlog.hook.probes import data, losses, optim, save
 from tlog.hook.probes.state import Probe, Settings, Undo
@@ -40,6 +41,7 @@ def install(em: Emitter, settings: Settings | None = None) -> Probe:
     global _probe
     if _probe is not None:
         return _probe
+    protocol.use_orjson()  # cheap now that torch has imported what orjson needs
     probe = Probe(em, settings or Settings.from_env())
     for name, patch in PATCHES:
         try:

@@ -66,13 +66,11 @@ class Optimizers:
         return st
 
     def _collected(self, key: int) -> None:
-        """An optimizer is gone (a new one per training phase): the next one to step may become primary."""
+        """An optimizer is gone (a new one per training phase, or the end of the script): the next one to step
+        becomes primary; its steps still in the window are reported under its name."""
         st = self.by_id.pop(key, None)
-        probe = self.probe
-        if st in probe.optimizers:
-            probe.optimizers.remove(st)
-        if probe.primary is st:
-            probe.primary = None
+        if st is not None:
+            st.dead = True
 
     def _config(self) -> None:
         live = [(st, opt) for st in self.probe.optimizers if (opt := st.ref()) is not None]
@@ -105,8 +103,9 @@ class Optimizers:
         try:
             st = self.by_id.get(id(opt)) or self.created(opt)
             st.steps += 1
+            st.pending = opt
             probe.in_step = None
-            if probe.primary is None:
+            if probe.primary is None or probe.primary.dead:
                 probe.primary = st
         except Exception as exc:  # noqa: BLE001
             probe.fail("step", exc)

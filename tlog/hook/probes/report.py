@@ -91,6 +91,8 @@ class Reporter:
             self.next_t = perf_counter() + (0.0 if self.every else AUTO_INTERVAL_S)
         em.emit_deferred(held, summary.extra)
         em.metrics(data, probe.step, epoch, batch, src="auto")
+        if any(st.dead for st in probe.optimizers):  # reported for the last time
+            probe.optimizers = [st for st in probe.optimizers if not st.dead or st is probe.primary]
 
     def _losses(self, summary: Summary) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -113,17 +115,19 @@ class Reporter:
                             "category": "nan"}, step=step, epoch=em.epoch, batch=em.batch)
 
     def _optimizers(self) -> dict[str, Any]:
+        """Hyperparameters as of the last step of each optimizer (held until now, even if the script let go)."""
         probe = self.probe
         out: dict[str, Any] = {}
-        primary = probe.primary
         many = len(probe.optimizers) > 1
-        if primary is not None and (opt := primary.ref()) is not None:
-            out.update(hyperparams(opt, ""))
-        if many:
-            for st in probe.optimizers:
+        for st in probe.optimizers:
+            opt, st.pending = st.pending or st.ref(), None
+            if opt is None:
+                continue
+            if st is probe.primary:
+                out.update(hyperparams(opt, ""))
+            if many:
                 out[f"steps/{st.name}"] = st.steps
-                if (opt := st.ref()) is not None:
-                    out.update(hyperparams(opt, f"{st.name}/"))
+                out.update(hyperparams(opt, f"{st.name}/"))
         return out
 
     def _throughput(self, summary: Summary) -> dict[str, float]:

@@ -53,13 +53,15 @@ class Settings:
 class OptState:
     """One optimizer as the probe knows it: its name (opt1, opt2, ... by creation) and step count."""
 
-    __slots__ = ("index", "name", "ref", "steps")
+    __slots__ = ("dead", "index", "name", "pending", "ref", "steps")
 
     def __init__(self, ref: Callable[[], Any], index: int) -> None:
-        self.ref = ref  # a weak reference: the probe never keeps an optimizer (and its state) alive
+        self.ref = ref  # a weak reference: the probe keeps an optimizer (and its state) alive only while ...
+        self.pending: Any = None  # ... a step of it awaits its report, which reads its learning rate
         self.index = index
         self.name = f"opt{index}"
         self.steps = 0
+        self.dead = False  # collected; forgotten once its steps are reported
 
 
 _DEPENDENT = {"step": ("loss",), "report": ("loss",)}
