@@ -11,7 +11,7 @@ from conftest import Runner, script
 
 from tlog import failure
 from tlog.supervisor.limits import oom_kill_count
-from tlog.supervisor.session import decide_status
+from tlog.supervisor.options import decide_status
 
 SEED_FIELDS = ("category", "phase", "error_message", "timestamp", "epoch", "batch", "recovery_attempted",
                "recovery_successful", "recovery_time")

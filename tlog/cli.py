@@ -114,9 +114,10 @@ def run(
     """Run a training script (or any command) under tlog's supervision."""
     from tlog.store.layout import ExperimentError
     from tlog.supervisor.launch import LaunchError
+    from tlog.supervisor.options import RunOptions
     from tlog.supervisor.restart import RestartPolicy, check_template
     from tlog.supervisor.scrape import compile_patterns
-    from tlog.supervisor.session import RunOptions, Session
+    from tlog.supervisor.session import Session
     from tlog.supervisor.torchrun import dist_options
 
     target = target or []
