@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-from tlog.hook.emitter import read_scalars
 from tlog.hook.probes.state import Probe, Undo
+from tlog.hook.probes.window import hold, numbers
 
 
 def batch_len(batch: Any) -> int:
@@ -72,7 +72,7 @@ class Side:
         """The first scalar loss of the current batch; later ones (extra metrics) are not the loss."""
         if not self.taken and isinstance(result, torch.Tensor) and result.numel() == 1:
             self.taken = True
-            self.losses.append(result.detach())
+            self.losses.append(hold(result))
 
 
 class Loaders:
@@ -123,8 +123,9 @@ class Loaders:
         self.total = _len(loader)
         size = _len(loader.dataset)
         last = self.batch_size
-        if last and self.total and size and not loader.drop_last:
-            last = size - last * (self.total - 1)
+        if loader.batch_size and self.total and size and not loader.drop_last:  # the loader batches samples
+            rest = size - loader.batch_size * (self.total - 1)
+            last = rest if 0 < rest <= loader.batch_size else last  # not so for a sampler of its own
         self.last_size = last
         self.probe.total_batches = self.total
 
@@ -185,7 +186,7 @@ class Loaders:
         loader = side.loader()
         if side.losses and loader is not None:
             probe.report_pending()  # the last training step's row, which the validation value joins
-            values = read_scalars(side.losses)
+            values = numbers(side.losses)
             probe.em.metrics({self._name(loader): sum(values) / len(values)}, None, None, None, src="auto")
         probe.idle()
 

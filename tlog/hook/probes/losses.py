@@ -60,6 +60,7 @@ def patch_backward(probe: Probe) -> Undo:
             result = original(tensors, *args, **kwargs)
         finally:
             busy[0] = False
+        probe.em.phase = "optimization_step"  # what follows a backward: clipping, the optimizer's step
         if own_step:
             probe.end_step(None)
         return result

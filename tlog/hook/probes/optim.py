@@ -1,7 +1,8 @@
 """Optimizers: steps through torch's global step hooks, and their settings into training_config.json.
 
-The step hooks (``register_optimizer_step_pre_hook``/``post_hook``) see every
-optimizer, closures and LBFGS included, with no patch of ``step``.  Creation
+The step hooks (``register_optimizer_step_post_hook``, and ``pre_hook`` when
+needed) see every optimizer, closures and LBFGS included, with no patch of
+``step``.  Creation
 is seen by wrapping ``Optimizer.__init__`` (every optimizer calls it): it
 names the optimizer (opt1, opt2, ... in creation order), records its class,
 hyperparameters and the model's parameter count, and tells the probe that
@@ -11,6 +12,7 @@ backwards are no longer steps of their own.
 from __future__ import annotations
 
 import functools
+import inspect
 import weakref
 from typing import Any
 
@@ -28,6 +30,13 @@ def describe(opt: Any) -> dict[str, Any]:
     if len(groups) > 1:
         out["param_groups"] = groups
     return out
+
+
+def _requires_closure(opt: Any) -> bool:
+    """LBFGS & co.: ``step(closure)`` evaluates it (and backward) several times.  An optional closure is
+    evaluated once by torch's optimizers: its backward is simply the step's loss."""
+    closure = inspect.signature(type(opt).step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 def model_section(optimizers: list[Any]) -> dict[str, Any]:
@@ -50,6 +59,13 @@ class Optimizers:
         self.grad_every = probe.settings.grad_norm
         self.by_id: dict[int, OptState] = {}
         self.count = 0
+        self.pre_hook: Any = None  # armed only when needed: a call per step saved in the usual loop
+
+    def arm_pre_hook(self) -> None:
+        """The pre-step hook serves gradient norms, closure steps and several optimizers; else it stays off
+        (the optimization_step phase is then set when the backward returns)."""
+        if self.pre_hook is None:
+            self.pre_hook = register_optimizer_step_pre_hook(self.pre)
 
     def created(self, opt: Any) -> OptState:
         probe = self.probe
@@ -58,6 +74,8 @@ class Optimizers:
         st = OptState(weakref.ref(opt, lambda _: self._collected(key)), self.count)
         self.by_id[key] = st
         probe.optimizers.append(st)
+        if len(probe.optimizers) > 1 or _requires_closure(opt):
+            self.arm_pre_hook()
         if "config" not in probe.off:
             try:
                 self._config()
@@ -138,12 +156,14 @@ def patch(probe: Probe) -> Undo:
                 probe.fail("step", exc)
 
     Optimizer.__init__ = __init__
-    pre = register_optimizer_step_pre_hook(optimizers.pre)
     post = register_optimizer_step_post_hook(optimizers.post)
+    if optimizers.grad_every:
+        optimizers.arm_pre_hook()
 
     def undo() -> None:
         Optimizer.__init__ = original_init
-        pre.remove()
         post.remove()
+        if optimizers.pre_hook is not None:
+            optimizers.pre_hook.remove()
 
     return undo

@@ -35,6 +35,19 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def hold(loss: Any) -> Any:
+    """What to keep of a one-element loss: its number when on the CPU, else the tensor, detached (no sync)."""
+    return loss.item() if loss.is_cpu else loss.detach()
+
+
+def numbers(values: list[Any], extra: tuple | list = ()) -> list[float]:
+    """``values`` as numbers, then ``extra`` read: every tensor among them in one transfer."""
+    read = iter(read_scalars([v for v in values if v.__class__ is not float] + list(extra)))
+    out = [v if v.__class__ is float else next(read) for v in values]
+    out.extend(read)
+    return out
+
+
 class Window:
     def __init__(self) -> None:
         self.losses: list[Any] = []  # numbers (CPU losses) or detached one-element tensors, in backward order
@@ -60,7 +73,7 @@ class Window:
         out = Summary(steps=self.primary_steps, elapsed=now - self.t0 if self.t0 is not None else 0.0)
         values = self.losses[:self.mark]
         if self.tensors or self.grad_norm is not None or extra:
-            values = self._read(values, extra)
+            values = numbers(values, ([self.grad_norm] if self.grad_norm is not None else []) + extra)
             out.extra = values[len(values) - len(extra):]
             del values[len(values) - len(extra):]
             if self.grad_norm is not None:
@@ -72,17 +85,6 @@ class Window:
         self.ends, self.owners, self.stepnos = [], [], []
         self.mark, self.primary_steps, self.grad_norm, self.t0 = 0, 0, None, now
         return out
-
-    def _read(self, values: list[Any], extra: list[Any]) -> list[float]:
-        """Every tensor among the values, then the gradient norm, then ``extra``, in one transfer."""
-        held = [v for v in values if v.__class__ is not float]
-        if self.grad_norm is not None:
-            held.append(self.grad_norm)
-        held += extra
-        read = iter(read_scalars(held))
-        numbers = [v if v.__class__ is float else next(read) for v in values]
-        numbers.extend(read)
-        return numbers
 
     def _summarise(self, values: list[float], primary: Any, out: Summary) -> None:
         ends, owners = self.ends, self.owners
