@@ -26,6 +26,12 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import tlog
 
+
+def say(line: str) -> None:
+    """One write per line: ranks share the pipe, and print() writes text and newline separately."""
+    os.write(1, (line + "\n").encode())
+
+
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=6)
 p.add_argument("--crash-rank", type=int, default=-1)
@@ -38,7 +44,7 @@ p.add_argument("--hang-step", type=int, default=-1)
 p.add_argument("--exit-after-restart", action="store_true")
 args = p.parse_args()
 if args.exit_after_restart and os.environ["TORCHELASTIC_RESTART_COUNT"] != "0":
-    print(f"RESTARTED {os.environ['RANK']}", flush=True)
+    say(f"RESTARTED {os.environ['RANK']}")
     sys.exit(0)
 
 dist.init_process_group("gloo")
@@ -60,7 +66,7 @@ if resume:
     model.module.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     step = state["step"]
-    print(f"RESUMED {rank} {step} {resume}", flush=True)
+    say(f"RESUMED {rank} {step} {resume}")
 when = {"always": True, "fresh": resume is None, "first-round": os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"}
 crash = rank == args.crash_rank and when[args.fail_when]
 hang = rank == args.hang_rank and when[args.fail_when]
@@ -78,7 +84,7 @@ for epoch in itertools.count():
         loss.backward()
         opt.step()
         step += 1
-        print(f"LOSS {rank} {step} {loss.item()!r}", flush=True)
+        say(f"LOSS {rank} {step} {loss.item()!r}")
         if hang and step == args.hang_step:
             time.sleep(3600)
         if rank == 0 and args.save_every and step % args.save_every == 0:
