@@ -69,7 +69,7 @@ def run(
                                                 "is a terminal).", show_default=False)] = None,
     status_every: Annotated[float, typer.Option(help="Off a terminal: seconds between status lines "
                                                      "on stderr (0: none).")] = 30.0,
-    monitor_interval: Annotated[float, typer.Option(help="Seconds between resource readings.")] = 0.5,
+    monitor_interval: Annotated[float, typer.Option(help="Seconds between resource readings.")] = 1.0,
     hang_timeout: Annotated[float | None, typer.Option(
         min=0.001, help="Seconds without progress (step, metrics or phase event) after which the run is "
         "declared hung: its stacks are dumped (SIGUSR1), it is stopped and the restart policy applies. "

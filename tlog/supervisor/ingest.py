@@ -3,7 +3,7 @@
 One thread per pipe, blocking on ``os.read`` (no polling).  Work is done per
 chunk, not per line: the events of a chunk go to the writer in one call and
 are flushed once, which is what lets ingest keep up with a flooding child.
-After a small read the thread waits 10 ms before reading again, so a child
+After a small read the thread waits 20 ms before reading again, so a child
 logging a thousand small events a second is handled in tens of batches rather
 than a thousand wake-ups; a flooding child fills whole reads and never waits.
 
@@ -29,7 +29,7 @@ from tlog import protocol
 
 READ_SIZE = 1 << 16
 SMALL_READ = 1 << 12
-COALESCE_S = 0.01
+COALESCE_S = 0.02
 READER_JOIN_S = 5.0  # after the child exits, how long its pipes may stay open (held by its leftovers)
 MAX_LINE = 1 << 20
 _MARKER_LEN = len(protocol.MARKER)

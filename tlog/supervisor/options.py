@@ -29,7 +29,7 @@ class RunOptions:
     quiet: bool = False
     panel: bool | None = None
     status_every: float = 30.0
-    monitor_interval: float = 0.5
+    monitor_interval: float = 1.0
     monitor_window: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
     hang_timeout: float | None = None
