@@ -8,32 +8,40 @@ tlog.
 
 The probe keeps the loop position (step, epoch, batch, phase) in plain
 attributes of the emitter, so ``tlog.log`` and the crash hook see it for free.
+This module is imported only once torch is; still, torch and the patches are
+imported inside ``install`` so that nothing here can pull torch into a child
+that never asked for it.
 """
 
 from __future__ import annotations
 
 import atexit
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from tlog import protocol
 from tlog.hook.emitter import Emitter
-from tlog.hook.probes import data, losses, optim, save
-from tlog.hook.probes.state import Probe, Settings, Undo
 from tlog.hook.startup import environment
 
-PATCHES: tuple[tuple[str, Callable[[Probe], Undo]], ...] = (
-    ("step", optim.patch),
-    ("loss", losses.patch_backward),
-    ("amp", losses.patch_scaler),
-    ("validation", losses.patch_loss_modules),
-    ("dataloader", data.patch_dataloader),
-    ("mode", data.patch_module_mode),
-    ("save", save.patch),
-)
+if TYPE_CHECKING:
+    from tlog.hook.probes.state import Probe, Settings, Undo
 
 _probe: Probe | None = None
+
+
+def patches() -> tuple[tuple[str, Callable[[Probe], Undo]], ...]:
+    """Every capability, by name, in installation order."""
+    from tlog.hook.probes import data, losses, optim, save
+
+    return (
+        ("step", optim.patch),
+        ("loss", losses.patch_backward),
+        ("amp", losses.patch_scaler),
+        ("validation", losses.patch_loss_modules),
+        ("dataloader", data.patch_dataloader),
+        ("mode", data.patch_module_mode),
+        ("save", save.patch),
+    )
 
 
 def install(em: Emitter, settings: Settings | None = None) -> Probe:
@@ -41,16 +49,21 @@ def install(em: Emitter, settings: Settings | None = None) -> Probe:
     global _probe
     if _probe is not None:
         return _probe
+    import torch
+
+    from tlog.hook.probes.state import Probe, Settings
+
     protocol.use_orjson()  # cheap now that torch has imported what orjson needs
     probe = Probe(em, settings or Settings.from_env())
-    for name, patch in PATCHES:
+    all_patches = patches()
+    for name, patch in all_patches:
         try:
             probe.undoers[name] = patch(probe)
         except Exception as exc:  # noqa: BLE001 - an unexpected torch: this patch stays off
             probe.fail(name, exc)
     em.defer_devices = "step" not in probe.off  # held-back device values need the reports to read them
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    em.emit("meta", {**versions, "probes": [name for name, _ in PATCHES if name not in probe.off],
+    em.emit("meta", {**versions, "probes": [name for name, _ in all_patches if name not in probe.off],
                      "log_every": probe.settings.log_every, "grad_norm": probe.settings.grad_norm})
     em.emit("config", {"environment": {**environment(), **versions}})
     atexit.register(_finish, probe)
