@@ -62,6 +62,7 @@ def main() -> None:
         for variant in ("finished", "crashed"):
             report(f"summary, {variant}", "summary", measure("summary", str(exps[variant])))
         report("summary, cold (folds every event)", "summary", measure("summary", str(exps["cold"])))
+        report("summary, cold, second time", "summary", measure("summary", str(exps["cold"])))
         for variant in ("finished", "crashed"):
             report(f"plot, {variant}", "plot", measure("plot", str(exps[variant]), "-o", str(out)))
         report("plot, cold (builds the columns)", "plot", measure("plot", str(exps["cold"]), "-o", str(out)))

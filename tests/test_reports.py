@@ -140,6 +140,23 @@ def test_truncated_experiment_without_snapshot_still_reports(tmp_path: Path) -> 
     assert s["checkpoints"]["count"] == 0
 
 
+def test_ended_run_without_snapshot_is_folded_once(tmp_path: Path) -> None:
+    exp = tmp_path / "cold"
+    exp.mkdir()
+    exit_event = {"kind": "attempt", "t": T0 + 20, "attempt": 1,
+                  "data": {"event": "exit", "attempt": 1, "status": "failed", "exit_code": 1}}
+    half_line = b'{"kind":"metrics","t":17900'
+    append(exp, [*run_events(6, error_at=6), exit_event], tail=half_line)
+    first = load_summary(exp)
+    assert first["status"] == "failed" and first["steps"] == 6
+    assert (exp / snapshot.STATE).is_file(), "the fold of an ended run is saved for the next report"
+    restored = snapshot.restore(exp)
+    assert restored is not None and restored[1] == (exp / layout.EVENTS).stat().st_size - len(half_line)
+    second = load_summary(exp)
+    assert {k: v for k, v in second.items() if k != "partial_tail"} == \
+        {k: v for k, v in first.items() if k != "partial_tail"}
+
+
 def test_errors_filters_across_experiments(runner: Runner) -> None:
     write_run(runner.log_dir, "oom-run", run_events(10, error_at=4, category="memory", phase="forward_pass"),
               status="failed")

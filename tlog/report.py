@@ -62,9 +62,19 @@ def load_summary(exp_dir: Path) -> dict[str, Any]:
     result["path"] = str(exp_dir)
     result["malformed_lines"] = stats.malformed
     result["partial_tail"] = stats.partial_tail
-    if multi and result["status"] not in LIVE:
-        _save_merged(exp_dir, result)
+    if result["status"] not in LIVE:
+        if multi:
+            _save_merged(exp_dir, result)
+        elif stats.end > offset:  # an ended run folded from events.jsonl: fold it once, not at every report
+            _save_state(exp_dir, stats.end, builder)
     return result
+
+
+def _save_state(exp_dir: Path, end: int, builder: SummaryBuilder) -> None:
+    try:
+        snapshot.save_state(exp_dir, end, builder)
+    except OSError:
+        pass  # a read-only directory: the next report folds again
 
 
 def _node_sizes(exp_dir: Path) -> dict[str, int]:

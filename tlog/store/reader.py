@@ -25,6 +25,7 @@ class ReadStats:
 
     malformed: int = 0
     partial_tail: bool = False
+    end: int = 0  # byte offset just past the last complete line read
 
 
 def iter_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0,
@@ -33,7 +34,7 @@ def iter_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0,
     byte ``start``, a line start)."""
     stats = stats if stats is not None else ReadStats()
     loads = protocol.loads
-    for line, complete in _lines(exp_dir / name, start):
+    for line, complete in _lines(exp_dir / name, start, stats):
         if not complete:
             stats.partial_tail = True
             return
@@ -69,7 +70,7 @@ def _event_time(event: dict) -> float:
     return t if t.__class__ in (float, int) else 0.0
 
 
-def _lines(path: Path, start: int = 0) -> Iterator[tuple[bytes, bool]]:
+def _lines(path: Path, start: int = 0, stats: ReadStats | None = None) -> Iterator[tuple[bytes, bool]]:
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError:
@@ -83,6 +84,8 @@ def _lines(path: Path, start: int = 0) -> Iterator[tuple[bytes, bool]]:
             for part in parts:
                 if part:
                     yield part, True
+        if stats is not None:
+            stats.end = f.tell() - len(rest)
         if rest.strip():
             yield rest, False
 

@@ -38,7 +38,7 @@ def classify_command(source: str, as_json: bool) -> int:
         text = _read(source)
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"tlog classify: cannot read {source}: {reason}", file=sys.stderr)
+        print(f"tlog: error: cannot read {source}: {reason}", file=sys.stderr)
         return 2
     diagnosis = classify_text(text)
     print(json.dumps(diagnosis.to_dict(), indent=2) if as_json else render_diagnosis(diagnosis))
