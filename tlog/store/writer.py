@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,16 +70,17 @@ class ExperimentWriter:
         return self.dir / layout.node_file(name, self.node)
 
     # -- events ---------------------------------------------------------------------
-    def write_events(self, events: Iterable[dict]) -> None:
+    def write_events(self, events: Sequence[dict]) -> None:
         """Append events and fold them into the derived files."""
         with self._lock:
             if self.closed:
                 return
-            dumps, write = protocol.dumps, self._events.write
+            dumps = protocol.dumps
+            self._events.write(b"".join([dumps(event) + b"\n" for event in events]))
+            add, fold = self.summary.add, self._fold
             for event in events:
-                write(dumps(event) + b"\n")
-                self.summary.add(event)
-                self._fold(event)
+                add(event)
+                fold(event)
 
     def _fold(self, event: dict) -> None:
         kind = event["kind"]
