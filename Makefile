@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/tlog run --name $(DEMO_NAME) examples/train.py --epochs 5 --checkpoint-dir $(DEMO_DIR)/checkpoints
+	$(BIN)/tlog run --name $(DEMO_NAME) --log-every 1 examples/train.py --epochs 5 --checkpoint-dir $(DEMO_DIR)/checkpoints
 	$(BIN)/tlog summary $(DEMO_NAME)
 	$(BIN)/tlog plot $(DEMO_NAME)
 

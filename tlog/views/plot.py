@@ -161,6 +161,11 @@ def _groups(runs: list[_Run], opts: PlotOptions) -> dict[str, list[str]]:
                             f"recorded: {', '.join(available) or 'none'}")
         bases = {S.base_name(m) for m in opts.metrics}
         wanted = [m for m in available if m in opts.metrics or S.base_name(m) in bases]
+    else:  # a value that never moved (Adam's betas, a fixed momentum) is a fact for the summary, not a curve
+        flat = [m for m in available if S.base_name(m) not in FIRST and _constant(runs, m)]
+        if flat:
+            opts.notes.append(f"constant, not drawn: {', '.join(flat)} (choose with --metric)")
+            wanted = [m for m in available if m not in flat]
     groups: dict[str, list[str]] = {}
     for name in wanted:
         groups.setdefault(S.base_name(name), []).append(name)
@@ -170,6 +175,14 @@ def _groups(runs: list[_Run], opts: PlotOptions) -> dict[str, list[str]]:
                           f"choose with --metric")
         order = order[:MAX_PANELS]
     return {b: sorted(groups[b], key=S.is_validation) for b in order}
+
+
+def _constant(runs: list[_Run], name: str) -> bool:
+    import numpy as np
+
+    values = [r.columns.get(name)[:, 3] for r in runs if name in r.columns.metrics]
+    finite = [v[~np.isnan(v)] for v in values]
+    return all(len(v) == 0 or v.min() == v.max() for v in finite) and len({v[0] for v in finite if len(v)}) <= 1
 
 
 class _Drawing:

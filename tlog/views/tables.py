@@ -103,9 +103,11 @@ def print_summary(s: dict[str, Any], console: Console | None = None) -> None:
     if warns.get("count"):
         cats = ", ".join(f"{k} {v}" for k, v in warns.get("by_category", {}).items())
         _line(console, "warnings", f"{warns['count']} ({cats})")
-    config = user_config(s.get("config") or {})
+    config = {k: v for k, v in user_config(s.get("config") or {}).items() if not k.startswith(_CAPTURED_DETAIL)}
     if config:
-        _line(console, "config", ", ".join(f"{k}={v}" for k, v in config.items()))
+        shown = list(config.items())[:CONFIG_SHOWN]
+        more = f" ... and {len(config) - len(shown)} more (--json for all)" if len(config) > len(shown) else ""
+        _line(console, "config", ", ".join(f"{k}={v}" for k, v in shown) + more)
     notes = []
     if s.get("malformed_lines"):
         notes.append(f"{s['malformed_lines']} malformed line(s) of events.jsonl skipped")
@@ -113,6 +115,13 @@ def print_summary(s: dict[str, Any], console: Console | None = None) -> None:
         notes.append("the last line of events.jsonl is half-written (ignored)")
     if notes:
         _line(console, "note", "; ".join(notes))
+
+
+# What the probe captured about the machine and the optimizer's every default: in --json, not in the text view.
+_CAPTURED_DETAIL = ("environment.", "git.", "data.", "optimizer.foreach", "optimizer.capturable",
+                    "optimizer.differentiable", "optimizer.fused", "optimizer.maximize", "optimizer.amsgrad",
+                    "optimizer.decoupled_weight_decay", "model.trainable", "model.dtype")
+CONFIG_SHOWN = 16
 
 
 def user_config(config: dict[str, Any]) -> dict[str, Any]:
