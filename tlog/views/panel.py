@@ -22,6 +22,7 @@ from rich.rule import Rule
 from rich.segment import SegmentLines
 from rich.text import Text
 
+from tlog.views.fmt import fmt_duration, fmt_mb, fmt_value
 from tlog.views.viewstate import MetricStat, ViewState
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -34,31 +35,6 @@ STREAM_STYLES = {"stderr": "red", "tlog": "dim"}
 
 
 # -- formatting ------------------------------------------------------------------------------------
-
-def fmt_value(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == int(value) and abs(value) < 1e6:
-        return str(int(value))
-    return f"{value:.4g}"
-
-
-def fmt_mb(mb: float | None) -> str:
-    if mb is None:
-        return "n/a"
-    return f"{mb:.0f} MB" if mb < 1024 else f"{mb / 1024:.1f} GB"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "n/a"
-    total = int(seconds)
-    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
 
 def sparkline(values: list[float], width: int) -> str:
     """Unicode blocks scaled to the finite values; a NaN or infinity leaves a gap, never a fake level."""

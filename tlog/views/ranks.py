@@ -11,8 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tlog.views.fmt import fmt_num
 
-def print_ranks(s: dict[str, Any], console: Console, fmt_num: Any) -> None:
+
+def print_ranks(s: dict[str, Any], console: Console) -> None:
     """The summary's per-rank table (only for runs with more than one rank)."""
     rows = s.get("ranks") or []
     if len(rows) < 2:

@@ -6,8 +6,6 @@ at most nine characters, and a missing value reads 'n/a', never zero.
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,44 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from tlog.report import LIVE, flatten
+from tlog.views.fmt import fmt_duration, fmt_num, fmt_time
 from tlog.views.ranks import error_rank_lines, print_ranks
 
 VALIDATION_PREFIXES = ("validation_", "val_", "eval_", "test_")
-
-
-def fmt_num(value: Any) -> str:
-    """Numbers as a person reads them; missing values as 'n/a', never as zero."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0:
-        return "0"
-    mag = abs(value)
-    if 1e3 <= mag < 1e6:
-        return f"{value:,.0f}"
-    return f"{value:.3e}" if mag < 1e-3 or mag >= 1e6 else f"{value:.4g}"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
-def fmt_time(t: float | None, short: bool = False) -> str:
-    if t is None:
-        return "n/a"
-    return time.strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def status_text(s: dict[str, Any]) -> str:
@@ -92,7 +56,7 @@ def print_summary(s: dict[str, Any], console: Console | None = None) -> None:
     _line(console, "path", s.get("path", "n/a"))
     _metrics_table(s.get("metrics", {}), console)
     _resources(s.get("resources", {}).get("peaks") or {}, console)
-    print_ranks(s, console, fmt_num)
+    print_ranks(s, console)
     ckpt = s.get("checkpoints") or {}
     if ckpt.get("count"):
         newest = ckpt.get("newest") or {}
