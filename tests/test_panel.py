@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from tlog.views.panel import LivePanel, StatusLines, render, sparkline, status_line
+from tlog.supervisor.display import PlainDisplay
+from tlog.views.panel import LivePanel, render, sparkline, status_line
 from tlog.views.viewstate import SPARK_POINTS, ViewState
 from tlog.views.watch import Follower, Watcher, parse_log_line, watch_experiment
 
@@ -183,12 +185,16 @@ def test_render_while_events_arrive() -> None:
 
     thread = threading.Thread(target=feed)
     thread.start()
+    texts = []
     try:
-        for _ in range(20):
-            text_of(render(state, 120), 120)
+        for _ in range(20):  # a render racing the reader threads must neither raise nor show a torn state
+            texts.append(text_of(render(state, 120), 120))
     finally:
         stop.set()
         thread.join()
+    assert all("resnet-cifar" in t and "GPU0" in t for t in texts)
+    steps = [int(m.group(1)) for t in texts if (m := re.search(r"step (\d+)", t))]
+    assert len(steps) == len(texts) and steps == sorted(steps) and steps[-1] > steps[0], steps
 
 
 def test_live_panel_prints_output_literally_above_the_panel() -> None:
@@ -208,14 +214,14 @@ def test_live_panel_prints_output_literally_above_the_panel() -> None:
                                        ("stdout", "batch one"), ("stdout", "batch two")]
 
 
-def test_status_lines_off_a_terminal() -> None:
-    out = io.StringIO()
+def test_status_lines_off_a_terminal(capfd: pytest.CaptureFixture[str]) -> None:
     state = make_state()
-    with StatusLines(state, Console(file=out), every_s=0.05) as display:
-        display.print_output("stdout", "hello from the script\n")
+    with PlainDisplay(state, status_every=0.05) as display:
+        display.passthrough("stderr", b"partial progress")
         time.sleep(0.2)
-    lines = out.getvalue().splitlines()
-    assert lines[0] == "hello from the script"
+    err = capfd.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == "partial progress", "a status line never lands on the end of the script's partial line"
     assert len([line for line in lines if line.startswith("[tlog] resnet-cifar step 199")]) >= 2
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tlog.store import layout
 from tlog.store.csvfile import CsvTable
-from tlog.store.reader import ReadStats, iter_events, read_csv
+from tlog.store.reader import ReadStats, iter_events
 from tlog.store.writer import ExperimentWriter
 
 
@@ -35,11 +35,6 @@ def test_reader_tolerates_half_written_and_malformed_lines(tmp_path: Path) -> No
     assert stats.malformed == 1 and stats.partial_tail
 
 
-def test_read_csv_drops_half_row(tmp_path: Path) -> None:
-    (tmp_path / "x.csv").write_text("a,b\n1,2\n3")
-    assert read_csv(tmp_path / "x.csv") == [{"a": "1", "b": "2"}]
-
-
 def test_writer_merges_explicit_over_auto_in_one_row(tmp_path: Path) -> None:
     w = ExperimentWriter(tmp_path / "e")
     w.write_events([
@@ -49,7 +44,7 @@ def test_writer_merges_explicit_over_auto_in_one_row(tmp_path: Path) -> None:
         {"kind": "metrics", "t": 2.1, "step": 2, "src": "auto", "data": {"loss": 0.7}},
     ])
     w.close("finished")
-    rows = read_csv(tmp_path / "e" / layout.METRICS_CSV)
+    rows = list(csv.DictReader(open(tmp_path / "e" / layout.METRICS_CSV, newline="")))
     assert [(r["step"], r["loss"], r["accuracy"], r["best_loss"]) for r in rows] == [
         ("1", "0.8", "0.5", "0.8"), ("2", "0.7", "0.6", "0.7")]
     assert rows[1]["training_time"] == "1.1"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog.compat.logger import HISTORY_WINDOW, TrainingLogger
+from tlog.store import layout
 
 PLOT_POINTS = 2000
 PLOTTED = ("loss", "accuracy", "learning_rate")
@@ -152,5 +153,5 @@ class TrainingProgressTracker:
             return None
         from tlog.compat.plots import draw
 
-        target = Path(save_dir) if save_dir else self.logger.experiment_dir / "plots"
+        target = Path(save_dir) if save_dir else self.logger.experiment_dir / layout.PLOTS
         return draw(self, target, {**DEFAULT_PLOT_CONFIG, **(self.plot_config or {})})

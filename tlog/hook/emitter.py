@@ -157,7 +157,6 @@ class WireEmitter(Emitter):
     def __init__(self, fd: int = 1) -> None:
         super().__init__()
         self._fd = os.dup(fd)
-        self._pid = os.getpid()
         os.register_at_fork(after_in_child=self._forked)
         self.metrics = self._first_metrics  # type: ignore[method-assign]  # one call, then the class's own
 

@@ -28,10 +28,6 @@ class ExperimentError(ValueError):
     """A bad or unknown experiment name: shown to the user as one line."""
 
 
-def log_dir_default() -> Path:
-    return Path(os.environ.get("TLOG_LOG_DIR") or DEFAULT_LOG_DIR)
-
-
 def validate_name(name: str) -> str:
     """Refuse names that would escape the log directory or confuse a shell."""
     if not name or name in (".", "..") or ".." in name or "/" in name or "\\" in name:

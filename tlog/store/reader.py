@@ -6,7 +6,6 @@ line at the end: an incomplete or malformed line is skipped and counted.
 
 from __future__ import annotations
 
-import csv
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,28 +95,3 @@ def read_json(path: Path, default: Any = None) -> Any:
         return protocol.loads(path.read_bytes())
     except (OSError, protocol.JSONDecodeError, ValueError):
         return default
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV, dropping a half-written last row."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    complete = text[: text.rfind("\n") + 1]
-    reader = csv.DictReader(complete.splitlines())
-    return [row for row in reader if None not in row]
-
-
-def tail_lines(path: Path, n: int) -> list[str]:
-    """The last ``n`` complete lines of a text file, read from its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 256 * max(n, 1)))
-            data = f.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    return lines[-n:]

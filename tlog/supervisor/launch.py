@@ -32,10 +32,9 @@ class LaunchError(Exception):
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """What to run: a Python script under tlog's interpreter, or any command."""
+    """What to run (a script under tlog's interpreter is argv ``python -u script ...``) and its environment."""
 
     argv: tuple[str, ...]
-    is_script: bool
     env: dict[str, str] = field(default_factory=dict)
 
 

@@ -250,7 +250,7 @@ class Session:
         argv = (*self.argv, *restart.resume_args(self.opts.resume_arg, resume))
         if attempt > 1 and resume is None:
             self.say(f"no checkpoint to resume from: attempt {attempt} starts from the beginning")
-        proc = launch.spawn(launch.ChildSpec(argv, not self.opts.is_command, self._child_env(attempt, resume)))
+        proc = launch.spawn(launch.ChildSpec(argv, self._child_env(attempt, resume)))
         self.monitor.pid = proc.pid
         self.monitor.start()
         self.signaller = launch.GroupSignaller(proc.pid, self.opts.grace, self.say)

@@ -10,7 +10,6 @@ the output untouched, and one plain status line every few seconds.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from types import TracebackType
 from typing import Self
@@ -346,49 +345,3 @@ class LivePanel:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._live.stop()
-
-
-class StatusLines:
-    """The display off a terminal: output passes through as is, plus a status line now and then."""
-
-    def __init__(self, state: ViewState, console: Console, every_s: float = 30.0) -> None:
-        self.state = state
-        self.every_s = every_s
-        self._file = console.file
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tlog-status", daemon=True)
-
-    def print_output(self, stream: str, text: str) -> None:
-        """Record one or more lines of the script's output and pass them through as they are."""
-        _record(self.state, stream, text)
-        with self._lock:
-            self._file.write(text if text.endswith("\n") else text + "\n")
-
-    def emit(self, now: float | None = None) -> None:
-        line = status_line(self.state, now) + "\n"
-        with self._lock:
-            self._file.write(line)
-            self._file.flush()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.emit()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.emit()
-
-
-def open_display(state: ViewState, console: Console, refresh_per_second: float = 4.0,
-                 status_every_s: float = 30.0) -> LivePanel | StatusLines:
-    """The live panel on an interactive terminal, status lines anywhere else (CI logs, pipes, files)."""
-    if console.is_terminal and not console.is_dumb_terminal:
-        return LivePanel(state, console, refresh_per_second)
-    return StatusLines(state, console, status_every_s)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tlog.store import columns as cols
+from tlog.store import layout
 from tlog.store.summary import metric_mode
 from tlog.views import series as S
 
@@ -111,7 +112,7 @@ def write_plot(exp_dirs: list[Path], output: Path | None, opts: PlotOptions) -> 
 
 def _default_output(exp_dirs: list[Path], fmt: str) -> Path:
     stem = "training_progress" if len(exp_dirs) == 1 else "compare_" + "_".join(d.name for d in exp_dirs[1:])
-    return exp_dirs[0] / "plots" / f"{stem[:120]}.{fmt.lower()}"
+    return exp_dirs[0] / layout.PLOTS / f"{stem[:120]}.{fmt.lower()}"
 
 
 def parse_ranks(text: str) -> tuple[int, ...]:
