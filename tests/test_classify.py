@@ -199,6 +199,20 @@ IndexError: Target 10 is out of bounds."""
     assert "train.py:41" in d.cause and "losses.py" not in d.cause
 
 
+def test_the_probes_in_step_phase_yields_to_any_frame_but_its_other_phases_do_not():
+    """Within a step the probe only says forward_pass: a step, a scheduler or a loader in the frames is finer."""
+    text = """Traceback (most recent call last):
+  File "/home/a/train.py", line 52, in <module>
+    scheduler.step()
+  File "/usr/lib/python3.11/site-packages/torch/optim/lr_scheduler.py", line 238, in step
+    values = self.get_lr()
+ZeroDivisionError: float division by zero"""
+    assert classify(FailureRecord(stderr_tail=text, phase="forward_pass", exit_code=1)).phase == "optimization_step"
+    assert classify(FailureRecord(stderr_tail=text, phase="validation", exit_code=1)).phase == "validation"
+    d = classify(FailureRecord(stderr_tail=text, phase="forward_pass", exit_code=1))
+    assert any("finer than the probe's forward_pass" in line for line in d.evidence), d.evidence
+
+
 def test_hook_chain_root_cause():
     d = classify(FailureRecord(exc_type="urllib.error.URLError", message="<urlopen error [Errno 111]>",
                                chain=({"type": "ConnectionRefusedError", "message": "[Errno 111] refused"},)))

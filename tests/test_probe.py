@@ -121,6 +121,7 @@ LOOPS = {  # loop: (printed fields -> {metric: value}, steps)
     "manual": (lambda f: {"loss": float(f[0])}, 5),
     "gan": (lambda f: {"loss": float(f[0]), "loss/opt1": float(f[0]), "loss/opt2": float(f[1])}, 4),
     "amp": (lambda f: {"loss": float(f[0])}, 5),
+    "graphs": (lambda f: {"loss": float(f[0])}, 6),
 }
 
 

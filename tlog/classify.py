@@ -149,19 +149,20 @@ def _diagnose(rule: R.Rule, exc: Exc | None, where: str, hit: str, record: Failu
     frames = exc.frames if exc and exc.frames else next((e.frames for e in excs if e.frames), [])
     inferred, phase_frame = infer_phase(frames)
     probe = normalise_phase(record.phase)
-    phase = probe or inferred or rule.phase
-    if probe and inferred and (probe, inferred) in R.PHASE_REFINEMENTS:
-        phase = inferred
+    refined = bool(probe and inferred and inferred != probe
+                   and (probe in R.COARSE_PHASES or (probe, inferred) in R.PHASE_REFINEMENTS))
+    phase = inferred if refined else probe or inferred or rule.phase
     category = rule.category
     by_phase = R.PHASE_CATEGORY.get(phase or "")
     if rule.by_phase and by_phase and (by_phase != R.CONFIG or rule.category == R.UNKNOWN):
         category = by_phase
     evidence = [f"rule {rule.name} matched {where}: {_head(hit)}", f"why: {rule.reason}"]
-    if probe:
+    if probe and not refined:
         evidence.append(f"phase {probe} reported by the probe")
     elif inferred and phase_frame:
         evidence.append(f"phase {inferred} inferred from frame {phase_frame.short()}"
-                        + (f": {phase_frame.source}" if phase_frame.source else ""))
+                        + (f": {phase_frame.source}" if phase_frame.source else "")
+                        + (f" (finer than the probe's {probe})" if refined else ""))
     site = exc.site() if exc else None
     if site:
         evidence.append(f"raised at {site.short()}" + (f": {site.source}" if site.source else ""))

@@ -393,10 +393,12 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
      r"\|forward\||\|_conv_forward\||torch/nn/modules/|torch/nn/functional\.py|transformers/models/|timm/models/"),
 )
 
-# The probe's phase is coarse where it cannot see inside a step: a loss computed after the forward pass,
-# a checkpoint loaded before the first step.  Frames that show the finer phase win over these readings.
-PHASE_REFINEMENTS = frozenset({("forward_pass", "loss_computation"), ("data_loading", "initialization"),
-                               ("forward_pass", "initialization")})
+# The probe's phase is coarse where it cannot see inside a step: from one optimizer step to the next
+# backward it says forward_pass (the next batch's loading, the forward, the loss and the script's own code
+# all run there), and a checkpoint loaded before the first step reads as data loading.  Frames that show
+# a phase win over these readings.
+COARSE_PHASES = frozenset({"forward_pass"})
+PHASE_REFINEMENTS = frozenset({("data_loading", "initialization")})
 
 # Hangs: (name, category, summary, reason, regex over a frame), checked from the innermost frame outwards.
 HANG_RULES: tuple[tuple[str, str, str, str, str], ...] = (

@@ -5,6 +5,8 @@
 --loop manual  no optimizer at all: parameters updated by hand (a step: one backward)
 --loop gan     two optimizers, D then G each iteration (step: D's steps; G's loss as loss/opt2)
 --loop amp     GradScaler on the CPU: backward runs on loss * scale (the loss recorded: the unscaled one)
+--loop graphs  reentrant activation checkpointing (a backward inside the backward, not a loss), with the
+               graph retained, and torch.autograd.backward called directly, in turn
 """
 
 import argparse
@@ -99,4 +101,24 @@ def amp() -> None:
             break
 
 
-{"accum": accum, "lbfgs": lbfgs, "manual": manual, "gan": gan, "amp": amp}[args.loop]()
+def graphs() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step, (xb, yb) in enumerate(loader, 1):
+        opt.zero_grad()
+        # the loss itself recomputed in the backward: the inner backward runs on a scalar too
+        loss = checkpoint(lambda a, b: loss_fn(model(a), b), xb.requires_grad_(), yb, use_reentrant=True)
+        if step % 3 == 1:
+            loss.backward(retain_graph=True)
+        elif step % 3 == 2:
+            torch.autograd.backward(loss)
+        else:
+            torch.autograd.backward([loss])
+        opt.step()
+        print(f"STEP {step} {loss.item()!r}", flush=True)
+        if step == args.steps:
+            break
+
+
+{"accum": accum, "lbfgs": lbfgs, "manual": manual, "gan": gan, "amp": amp, "graphs": graphs}[args.loop]()

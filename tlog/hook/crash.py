@@ -92,6 +92,8 @@ def report(exc: BaseException) -> None:
         return
     try:
         em.crashed = True
+        if em.locate is not None:
+            em.locate()
         em.emit("crash", crash_payload(exc, em.phase), step=em.step, epoch=em.epoch, batch=em.batch)
     except Exception:  # noqa: BLE001 - a failing report must not mask the user's traceback
         pass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tlog import protocol
@@ -50,6 +51,7 @@ class Emitter:
         self.crashed = False
         self.context = _context_from_env()
         self.defer_devices = False  # set by the torch probe, which then calls flush_deferred at each report
+        self.locate: Callable[[], None] | None = None  # the torch probe's: brings ``batch`` up to date
         self.deferred: list[tuple[dict, int | None, int | None, int | None, str | None]] = []
         self._deferred_since = 0.0
         self._warned: set[str] = set()
@@ -213,6 +215,15 @@ def _needs_roundtrip(data: dict) -> bool:
     return any(not isinstance(v, (int, float, str, type(None))) for v in data.values())
 
 
+def stack_scalars(tensors: list[Any]) -> Any:
+    """One-element tensors as one 1-D tensor on their device, outside autograd (a loss still holding its graph
+    adds nothing to it); no value is read, so nothing waits on the device.  Raises for mixed devices."""
+    import torch
+
+    with torch.no_grad():
+        return torch.stack([t if t.dim() == 0 else t.reshape(()) for t in tensors])
+
+
 def read_scalars(tensors: list[Any]) -> list[float]:
     """Python numbers of one-element tensors, read with one transfer (a single sync for device tensors).
 
@@ -220,12 +231,12 @@ def read_scalars(tensors: list[Any]) -> list[float]:
     """
     if not tensors:
         return []
-    import torch
-
+    if tensors[0].is_cpu:  # no transfer to save: one by one is quicker than a stack
+        return [t.item() for t in tensors]
     try:
-        return torch.stack([t if t.dim() == 0 else t.reshape(()) for t in tensors]).tolist()
-    except (RuntimeError, TypeError):  # mixed devices or shapes: one read each, still correct
-        return [float(t) for t in tensors]
+        return stack_scalars(tensors).tolist()
+    except (RuntimeError, TypeError):  # mixed devices or dtypes: one read each, still correct
+        return [t.item() for t in tensors]
 
 
 def _scalar(value: Any) -> Any:

@@ -2,7 +2,10 @@
 
 - The training loader is the one that yielded the latest batch when a
   backward ran.  A new iterator over it is a new epoch (counted from 0);
-  ``len(loader)`` is ``total_batches``.
+  ``len(loader)`` is ``total_batches``.  Its batches are not watched one by
+  one (that would cost every step a call): the batch index is the iterator's
+  own count, read at each backward (and at a crash: see ``Probe.train_vars``), and the epoch's last batch is known by
+  that count reaching ``len(loader)``.
 - A pass over any other loader is a *side pass*.  The first loss computed on
   each of its batches is a validation loss, unless a backward during the pass
   shows that it was training after all (the very first epoch, before its
@@ -10,14 +13,15 @@
   eval mode is announced as validation at once (a ``phase`` event).  Its
   mean over batches is emitted as ``validation_loss`` when the pass is
   exhausted or the next training pass starts, onto the row of the last
-  training step; further loaders get ``validation_loss/2``, ...
+  training step; further loaders get ``validation_loss/2``, ...  Batches
+  are watched (``DataLoader`` iterators' ``__next__`` patched) only while
+  such a pass is open.
 """
 
 from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,10 +54,6 @@ def _len(obj: Any) -> int | None:
         return None
 
 
-def _dead() -> None:
-    return None
-
-
 class Side:
     """A pass over a loader that is not (yet known as) the training loader.
 
@@ -79,7 +79,6 @@ class Loaders:
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
         self.train: weakref.ref | None = None
-        self.train_it: Callable[[], Any] = _dead  # a weak reference to the current training iterator
         self.eval_mode = False  # set by Module.train() on the largest module seen toggling
         self.model_size = 0
         self.fetch_phase = "data_loading"
@@ -100,14 +99,14 @@ class Loaders:
             probe.report_pending()  # the epoch that ended without exhausting its iterator (a break)
             self.samples_before = self.samples_seen()
             probe.em.batch = None
-            self.train_it = weakref.ref(it)
+            probe.em.phase = "forward_pass"  # of the training batches ahead, as far as the probe can tell
+            probe.train_vars = vars(it)
             self._epoch(loader, n)
             probe.idle()
             return
         hinted = not torch.is_grad_enabled() or self.eval_mode
         probe.side = Side(loader, it, hinted)
-        if probe.capture is not None:
-            probe.capture.functional(True)
+        probe.watch_side(True)
         if train is None and not hinted:
             self._epoch(loader, n)  # perhaps the training loader, before its first backward
             probe.idle()
@@ -138,7 +137,7 @@ class Loaders:
                 if not self.batch_size:
                     self.batch_size = batch_len(batch)
                 self._train_batch(it)
-        elif it is self.train_it():
+        elif vars(it) is self.probe.train_vars:  # a batch of training while a pass was open (a peek at one batch)
             self.end_side()
             self._train_batch(it)
 
@@ -158,9 +157,7 @@ class Loaders:
 
     def ended(self, it: Any) -> None:
         side = self.probe.side
-        if it is self.train_it():
-            self.probe.report_pending()
-        elif side is not None and it is side.it():
+        if side is not None and it is side.it():
             self.end_side()
 
     # -- side passes --------------------------------------------------------------------------------------
@@ -171,7 +168,9 @@ class Loaders:
         self._close()
         loader = side.loader()
         if loader is not None and (self.train is None or self.train() is None):
-            self.train, self.train_it = side.loader, side.it
+            self.train = side.loader
+            it = side.it()
+            probe.train_vars = vars(it) if it is not None else None
             self._epoch(loader, self.iters.get(loader, 1))
             if "config" not in probe.off:
                 probe.em.emit("config", {"data": describe(loader, self.total)})
@@ -191,9 +190,9 @@ class Loaders:
         probe.idle()
 
     def _close(self) -> None:
+        self.probe.em.phase = "forward_pass"  # the pass is over, or was training: training, as far as the probe tells
         self.fetch_phase = "data_loading"
-        if self.probe.capture is not None:
-            self.probe.capture.functional(False)
+        self.probe.watch_side(False)
 
     def _name(self, loader: Any) -> str:
         k = self.names.get(loader)
@@ -237,17 +236,16 @@ def patch_dataloader(probe: Probe) -> Undo:
                 probe.fail("dataloader", exc)
             raise
         try:
-            if it is loaders.train_it() and probe.side is None:  # the hot path: a training batch
-                em.batch = it._num_yielded - 1
-                em.phase = "forward_pass"
-            else:
-                loaders.on_batch(it, batch)
+            loaders.on_batch(it, batch)
         except Exception as exc:  # noqa: BLE001
             probe.fail("dataloader", exc)
         return batch
 
+    def watch(on: bool) -> None:
+        _BaseDataLoaderIter.__next__ = __next__ if on else original_next
+
     DataLoader.__iter__ = __iter__
-    _BaseDataLoaderIter.__next__ = __next__
+    probe.side_watchers["dataloader"] = watch
 
     def undo() -> None:
         DataLoader.__iter__ = original_iter

@@ -2,10 +2,11 @@
 
 ``Tensor.backward`` and ``torch.autograd.backward`` hand their scalar to the
 probe (``GradScaler.scale`` is followed so that AMP records the loss, not the
-loss times the scale).  Loss modules (``nn.modules.loss._Loss``) mark the
-loss_computation phase; during a pass over a loader other than the training
-one, they and the functional losses of ``torch.nn.functional`` (patched only
-for the length of that pass) report their scalar result to it.
+loss times the scale).  During a pass over a loader other than the training
+one, and only then, loss modules (``nn.modules.loss._Loss``) and the
+functional losses of ``torch.nn.functional`` are patched to report their
+scalar result to that pass: training never pays for them.  (A crash inside
+a loss is still named as one: the classifier reads it from the frames.)
 """
 
 from __future__ import annotations
@@ -30,44 +31,99 @@ FUNCTIONAL_LOSSES = (
 
 
 def _scalar_of(tensors: Any) -> Any:
-    """The loss in ``torch.autograd.backward(tensors)``: one tensor, or the sum of several scalars."""
+    """The loss in ``torch.autograd.backward(tensors)``: one tensor, or the sum of several scalars; None for
+    what is not a loss (gradient edges, tensors of several elements)."""
     if isinstance(tensors, torch.Tensor):
         return tensors
     items = list(tensors)
+    if not items or not all(isinstance(t, torch.Tensor) and t.numel() == 1 for t in items):
+        return None
     if len(items) == 1:
         return items[0]
-    if all(t.numel() == 1 for t in items):
-        return sum(t.detach().reshape(()) for t in items)
-    return items[0]
+    return sum(t.detach().reshape(()) for t in items)
+
+
+def _kept(tensors: Any, args: tuple, kwargs: dict) -> Any:
+    """The loss to hold from ``torch.autograd.backward(tensors, ...)``: None for what is not a loss; detached
+    when the graph is retained, which must not stay alive until the next report."""
+    loss = _scalar_of(tensors)
+    if loss is None or loss.numel() != 1:
+        return None
+    retain = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
+    create = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
+    return loss.detach() if retain or create else loss
 
 
 def patch_backward(probe: Probe) -> Undo:
-    """``Tensor.backward`` calls ``torch.autograd.backward``: patching the latter sees both, in one wrapper.
+    """Every backward hands its loss to the probe: ``Tensor.backward`` and ``torch.autograd.backward``.
 
-    A backward inside a backward (reentrant activation checkpointing) is part of the outer one.
+    ``loss.backward()`` is half of the probe's per-step cost, so its usual case (no gradient given, the graph
+    freed, a plain tensor, no ``__torch_function__`` mode) is served by a replacement of ``Tensor.backward``
+    that does what torch's does (call ``torch.autograd.backward``) plus the probe's few lines: the frame is
+    one the step pays anyway.  Every other case goes through torch's ``Tensor.backward`` to the wrapped
+    ``torch.autograd.backward``.  Neither sets a phase: a crash in the backward shows torch's autograd frames,
+    which name it (see ``state``).  A backward inside a backward (reentrant activation checkpointing, which
+    passes gradients) is part of the outer one.
     """
     original = torch.autograd.backward
+    original_method = torch.Tensor.backward
     tensor_cls = torch.Tensor
-    busy = [False]
+    torch_function = torch._C._has_torch_function_unary
+    nested = torch._C._current_graph_task_id  # -1 outside a backward
+    em = probe.em
+    window = probe.window
+
+    def note(loss: Any) -> bool:
+        """Hold the loss (as it is: see ``window``) and note the batch; True if this backward is a step of its
+        own (no optimizer exists)."""
+        try:
+            if probe.side is not None or probe.scaled is not None or probe.in_step is not None:
+                loss = probe.unusual_backward(loss)
+                if loss is None:
+                    return False
+            window.losses.append(loss)
+            counts = probe.train_vars  # Probe.locate, inlined
+            if counts is not None:
+                em.batch = n = counts["_num_yielded"] - 1
+                if n + 1 == probe.total_batches:  # the epoch's last batch: its step reports
+                    probe.reporter.soon()
+            return not probe.optimizers
+        except Exception as exc:  # noqa: BLE001 - an odd tensor: the backward itself goes on
+            probe.fail("loss", exc)
+            return False
+
+    @functools.wraps(original_method)
+    def backward_method(self: Any, gradient: Any = None, retain_graph: Any = None, create_graph: Any = False,
+                        inputs: Any = None) -> None:
+        if gradient is not None or retain_graph or create_graph or self.__class__ is not tensor_cls \
+                or torch_function(self):
+            return original_method(self, gradient, retain_graph, create_graph, inputs)
+        own_step = note(self)
+        original(self, None, None, False, inputs=inputs)
+        if own_step:
+            probe.end_step()  # no optimizer at all: each backward is a step
+        return None
 
     @functools.wraps(original)
     def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-        if busy[0]:
+        if nested() != -1:
             return original(tensors, *args, **kwargs)
-        own_step = probe.on_backward(tensors if tensors.__class__ is tensor_cls else _scalar_of(tensors))
-        busy[0] = True
         try:
-            result = original(tensors, *args, **kwargs)
-        finally:
-            busy[0] = False
-        probe.em.phase = "optimization_step"  # what follows a backward: clipping, the optimizer's step
+            loss = _kept(tensors, args, kwargs)
+        except Exception as exc:  # noqa: BLE001
+            probe.fail("loss", exc)
+            loss = None
+        own_step = loss is not None and note(loss)
+        result = original(tensors, *args, **kwargs)
         if own_step:
-            probe.end_step(None)
+            probe.end_step()
         return result
 
+    torch.Tensor.backward = backward_method
     torch.autograd.backward = backward
 
     def undo() -> None:
+        torch.Tensor.backward = original_method
         torch.autograd.backward = original
 
     return undo
@@ -133,26 +189,24 @@ class Capture:
 
 
 def patch_loss_modules(probe: Probe) -> Undo:
-    capture = probe.capture = Capture(probe)
+    capture = Capture(probe)
     had_own = "__call__" in _Loss.__dict__
     original = _Loss.__call__
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         side = probe.side
-        if side is None:
-            probe.em.phase = "loss_computation"
-            return original(self, *args, **kwargs)
-        if not side.hinted:
-            probe.em.phase = "loss_computation"
+        if side is not None and not side.hinted:
+            probe.em.phase = "loss_computation"  # training, perhaps: the first epoch, before its first backward
         return capture.call(original, (self, *args), kwargs)
 
-    _Loss.__call__ = __call__
-
-    def undo() -> None:
-        capture.functional(False)
-        if had_own:
+    def watch(on: bool) -> None:
+        capture.functional(on)
+        if on:
+            _Loss.__call__ = __call__
+        elif had_own:
             _Loss.__call__ = original
-        else:
+        elif "__call__" in _Loss.__dict__:
             del _Loss.__call__
 
-    return undo
+    probe.side_watchers["validation"] = watch
+    return functools.partial(watch, False)

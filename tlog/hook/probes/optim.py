@@ -2,7 +2,7 @@
 
 The step hooks (``register_optimizer_step_post_hook``, and ``pre_hook`` when
 needed) see every optimizer, closures and LBFGS included, with no patch of
-``step``.  Creation
+``step``; the post hook is ``Probe.end_step`` itself (see ``state``).  Creation
 is seen by wrapping ``Optimizer.__init__`` (every optimizer calls it): it
 names the optimizer (opt1, opt2, ... in creation order), records its class,
 hyperparameters and the model's parameter count, and tells the probe that
@@ -51,13 +51,13 @@ def model_section(optimizers: list[Any]) -> dict[str, Any]:
 
 
 class Optimizers:
-    """Known optimizers by ``id``, each entry dropped when its optimizer is collected (no attribute is set
-    on the optimizer: pickling or deep-copying it stays the user's business)."""
+    """Known optimizers (``probe.by_id``), each entry dropped when its optimizer is collected (no attribute is
+    set on the optimizer: pickling or deep-copying it stays the user's business)."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
         self.grad_every = probe.settings.grad_norm
-        self.by_id: dict[int, OptState] = {}
+        self.by_id = probe.by_id
         self.count = 0
         self.pre_hook: Any = None  # armed only when needed: a call per step saved in the usual loop
 
@@ -116,20 +116,6 @@ class Optimizers:
         except Exception as exc:  # noqa: BLE001
             probe.fail("step", exc)
 
-    def post(self, opt: Any, args: tuple, kwargs: dict) -> None:
-        probe = self.probe
-        try:
-            st = self.by_id.get(id(opt)) or self.created(opt)
-            st.steps += 1
-            st.pending = opt
-            probe.in_step = None
-            if probe.primary is None or probe.primary.dead:
-                probe.primary = st
-        except Exception as exc:  # noqa: BLE001
-            probe.fail("step", exc)
-            return
-        probe.end_step(st)
-
     def _grad_norm(self, opt: Any) -> None:
         """One fused norm over the step's gradients; a tensor, read with the next report."""
         if "grad_norm" in self.probe.off:
@@ -156,7 +142,8 @@ def patch(probe: Probe) -> Undo:
                 probe.fail("step", exc)
 
     Optimizer.__init__ = __init__
-    post = register_optimizer_step_post_hook(optimizers.post)
+    probe.register_optimizer = optimizers.created
+    post = register_optimizer_step_post_hook(probe.end_step)
     if optimizers.grad_every:
         optimizers.arm_pre_hook()
 

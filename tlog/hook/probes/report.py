@@ -59,7 +59,8 @@ class Reporter:
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
         self.every = probe.settings.log_every
-        self.next_t = 0.0  # auto mode: the first step reports at once
+        self.next_step = self._next_multiple()  # --log-every N: the next step to report at ...
+        self.next_t = 0.0  # ... else the time of the next report (the first step reports at once)
         self.nonfinite = 0
         self.samples0 = 0  # training samples seen at the start of the window
         self.due: tuple[int | None, int | None] | None = None  # (epoch, batch) of a report held for the row
@@ -89,10 +90,19 @@ class Reporter:
             return
         finally:
             self.next_t = perf_counter() + (0.0 if self.every else AUTO_INTERVAL_S)
+            self.next_step = self._next_multiple()
         em.emit_deferred(held, summary.extra)
         em.metrics(data, probe.step, epoch, batch, src="auto")
         if any(st.dead for st in probe.optimizers):  # reported for the last time
             probe.optimizers = [st for st in probe.optimizers if not st.dead or st is probe.primary]
+
+    def _next_multiple(self) -> int:
+        return (self.probe.step // self.every + 1) * self.every if self.every else 0
+
+    def soon(self) -> None:
+        """Report at the end of the step in progress, whatever the schedule (the last batch of an epoch)."""
+        self.next_step = 0
+        self.next_t = 0.0
 
     def _losses(self, summary: Summary) -> dict[str, Any]:
         data: dict[str, Any] = {}

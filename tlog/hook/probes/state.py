@@ -15,6 +15,19 @@
 - A loss on an accelerator stays there, detached, until a report reads the
   whole window at once: no device synchronisation between reports (see
   ``window``).
+
+The hot path is two calls per training step, and no more: the backward
+(``losses.patch_backward``) and torch's optimizer post-step hook
+(``Probe.end_step``); on a 0.1 ms step every line in them shows
+(bench/bench_step_ir.py counts it).  The rest is derived when it is read: the
+batch index from the training iterator's own counter (``locate``), the epoch
+from ``DataLoader.__iter__``; the patches that watch batches and loss calls
+are switched on only for the length of a validation pass (``watch_side``).
+Within a training step the phase stays ``forward_pass``: the probe does not
+follow the step through loading, forward, loss, backward and optimizer, which
+would cost stores on every step; a crash names the finer phase from its
+frames (torch's data, autograd and optim modules), which the classifier
+prefers to this coarse reading.  Validation and checkpoints set their phase.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from typing import Any
 
 from tlog.hook.emitter import Emitter
 from tlog.hook.probes.report import Reporter
-from tlog.hook.probes.window import Window
+from tlog.hook.probes.window import HOLD, Window
 
 Undo = Callable[[], None]
 MAX_WINDOW = 10_000  # held losses before a report is forced (a primary optimizer that stopped stepping)
@@ -86,12 +99,19 @@ class Probe:
         self.in_step: OptState | None = None
         self.step_loss_seen = False
         self.scaled: tuple[Any, Any] | None = None  # (scaled, unscaled) from the last GradScaler.scale
+        self.by_id: dict[int, OptState] = {}  # known optimizers by id (no attribute is set on an optimizer)
+        self.register_optimizer: Callable[[Any], OptState] | None = None  # set by the step patch with its hook
         self.loaders: Any = None  # data.Loaders, once the DataLoader patch is in
+        # The training iterator's attributes (``vars(it)``), held instead of the iterator: the iterator may be
+        # collected as usual (its workers shut down with it: an exception unwinding the loop drops it before
+        # the crash hook runs), while its batch count stays readable, to the crash hook among others.
+        self.train_vars: dict[str, Any] | None = None
         self.side: Any = None  # the open data.Side pass (validation, or training not yet recognised)
-        self.capture: Any = None  # losses.Capture, once the loss-module patch is in
+        self.side_watchers: dict[str, Callable[[bool], None]] = {}  # patches that are on only in a side pass
         self.total_batches: int | None = None
         self.reporter = Reporter(self)
         self.undoers: dict[str, Undo] = {}
+        em.locate = self.locate
 
     def fail(self, name: str, exc: BaseException) -> None:
         """Switch a capability off after its first failure, and say so once.
@@ -104,6 +124,7 @@ class Probe:
         self.em.warn_once(f"probe-{name}", f"tlog probe '{name}' disabled after an error: {exc!r}", "probe")
         for off in (name, *_DEPENDENT.get(name, ())):
             self.off.add(off)
+            self.side_watchers.pop(off, None)
             undo = self.undoers.pop(off, None)
             if undo is not None:
                 try:
@@ -114,66 +135,77 @@ class Probe:
             self.window.__init__()
             self.em.defer_devices = False  # no report will read held-back values any more
 
-    # -- losses and steps (the hot path: a few attribute reads and stores per call) -------------------------------
-    def on_backward(self, tensor: Any) -> bool:
-        """Hold the loss of a backward; True when this backward is a step of its own (no optimizer exists)."""
-        try:
-            self.em.phase = "backward_pass"
-            if self.side is not None:
-                self._side_backward()
-            scaled = self.scaled
-            if scaled is not None:  # AMP: record the loss, not loss * scale
-                self.scaled = None
-                if tensor is scaled[0]:
-                    tensor = scaled[1]
-            if tensor.numel() != 1:
-                return False
-            if self.in_step is not None:  # inside an optimizer's step(closure)
-                if self.step_loss_seen:
-                    return False
-                self.step_loss_seen = True
-            window = self.window
-            if tensor.is_cpu:  # window.hold, inlined on this per-step path
-                window.losses.append(tensor.item())
-            else:  # on an accelerator: read with the next report, no synchronisation now
-                window.losses.append(tensor.detach())
-                window.tensors = True
-            return not self.optimizers
-        except Exception as exc:  # noqa: BLE001 - an odd tensor: the backward itself goes on
-            self.fail("loss", exc)
-            return False
+    # -- losses and steps (the hot path: see the module's docstring) ---------------------------------------------
+    def unusual_backward(self, tensor: Any) -> Any:
+        """The backward of a side pass, of an AMP-scaled loss or of a closure step: the loss to hold, or None."""
+        if self.side is not None:
+            try:
+                self.loaders.on_backward()
+            except Exception as exc:  # noqa: BLE001 - the loader's trouble, not the loss's
+                self.side = None
+                self.fail("dataloader", exc)
+        scaled = self.scaled
+        if scaled is not None:  # AMP: record the loss, not loss * scale
+            self.scaled = None
+            if tensor is scaled[0]:
+                tensor = scaled[1]
+        if self.in_step is not None:  # inside an optimizer's step(closure)
+            if self.step_loss_seen:
+                return None
+            self.step_loss_seen = True
+        return tensor
 
-    def _side_backward(self) -> None:
-        try:
-            self.loaders.on_backward()
-        except Exception as exc:  # noqa: BLE001 - the loader's trouble, not the loss's
-            self.side = None
-            self.fail("dataloader", exc)
-
-    def end_step(self, owner: OptState | None) -> None:
-        """Close the step in progress; the primary optimizer's steps (or bare backwards) advance the global step."""
+    def end_step(self, opt: Any = None, args: Any = None, kwargs: Any = None) -> None:
+        """Close the step in progress.  Registered as torch's optimizer post-step hook, so one call does all a
+        step needs; ``opt`` is None for a bare backward in a loop with no optimizer at all.  The primary
+        optimizer's steps (or bare backwards) advance the global step."""
         try:
             window = self.window
-            if owner is None or owner is self.primary:
-                self.step = step = self.step + 1
-                self.em.step = step
-                window.mark = end = len(window.losses)  # Window.close, inlined: this runs every step
-                window.ends.append(end)
-                window.owners.append(owner)
-                window.stepnos.append(step)
-                window.primary_steps += 1
-                reporter = self.reporter
-                if (step % reporter.every == 0) if reporter.every else (perf_counter() >= reporter.next_t):
-                    if len(self.optimizers) > 1:  # the others' steps of this iteration belong to this row
-                        reporter.due = (self.em.epoch, self.em.batch)
-                    else:
-                        reporter.report()
+            if opt is not None:
+                owner = self.by_id.get(id(opt)) or self.register_optimizer(opt)
+                owner.steps += 1
+                owner.pending = opt
+                self.in_step = None
+                primary = self.primary
+                if owner is not primary:
+                    if primary is not None and not primary.dead:  # another optimizer (a GAN's second)
+                        window.close(owner, self.step)
+                        if window.mark > MAX_WINDOW:
+                            self.reporter.report()
+                        return
+                    self.primary = owner
             else:
-                window.close(owner, self.step)
-                if window.mark > MAX_WINDOW:
-                    self.reporter.report()
+                owner = None
+            self.step = step = self.step + 1
+            self.em.step = step
+            window.mark = end = len(window.losses)  # Window.close, inlined: this runs every step
+            if end - window.fresh >= HOLD:
+                window.compact()
+            window.ends.append(end)
+            window.owners.append(owner)
+            window.stepnos.append(step)
+            window.primary_steps += 1
+            reporter = self.reporter
+            if (step >= reporter.next_step) if reporter.every else (perf_counter() >= reporter.next_t):
+                if len(self.optimizers) > 1:  # the others' steps of this iteration belong to this row
+                    reporter.due = (self.em.epoch, self.em.batch)
+                else:
+                    reporter.report()
         except Exception as exc:  # noqa: BLE001
             self.fail("step", exc)
+
+    def locate(self) -> None:
+        """Bring the batch index up to date for an event that needs it now (a crash in the forward pass): the
+        backward keeps it on the hot path, a step late while the next batch is fetched and run forward."""
+        counts = self.train_vars
+        if counts is not None:
+            n = counts.get("_num_yielded", 0)
+            self.em.batch = n - 1 if n else None
+
+    def watch_side(self, on: bool) -> None:
+        """Switch the side-pass patches on (a pass over a loader other than the training one) or off."""
+        for watch in list(self.side_watchers.values()):
+            watch(on)
 
     def idle(self) -> None:
         """Time spent outside training (validation, a checkpoint) does not count against throughput."""
