@@ -200,3 +200,32 @@ def test_script_without_torch_and_the_kill_switch(runner: Runner) -> None:
     assert not [m for m in by_kind(runner, "killed", "meta") if "argv" in m["data"]], "the child said nothing"
     assert not by_kind(runner, "killed", "metrics") and rows(runner, "killed") == []
     assert "args" not in json.loads((runner.exp("killed") / "training_config.json").read_text())
+
+
+EXPLICIT_LOSS = """
+import torch, tlog
+from torch import nn
+torch.manual_seed(0)
+model, loss_fn = nn.Linear(4, 1), nn.MSELoss()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(1, 7):
+    x = torch.randn(8, 4)
+    loss = loss_fn(model(x), x.sum(1, keepdim=True))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    tlog.log(loss=1000.0 + step)  # the script's own loss, after the probe reported the step
+    print("STEP", step, repr(loss.item()), flush=True)
+"""
+
+
+def test_explicit_values_win_over_the_probes_in_csv_and_summary(runner: Runner, tmp_path: Path) -> None:
+    path = tmp_path / "explicit.py"
+    path.write_text(EXPLICIT_LOSS)
+    res = run_ok(runner, "--name", "explicit", "--log-every", "1", str(path))
+    assert len(printed(res.stdout, "STEP")) == 6
+    assert [float(r["loss"]) for r in rows(runner, "explicit")] == [1000.0 + s for s in range(1, 7)]
+    for args in ((), ("--json",)):
+        assert runner.run("summary", "explicit", *args).returncode == 0
+    loss = json.loads((runner.exp("explicit") / "training_summary.json").read_text())["metrics"]["loss"]
+    assert (loss["min"], loss["max"], loss["last"], loss["count"]) == (1001.0, 1006.0, 1006.0, 6)

@@ -145,6 +145,10 @@ class SummaryBuilder:
         self.peak_detail: dict[str, Any] | None = None
         self.malformed = 0
         self.span: list[Any] | None = None  # [t, step] of the first metrics event, then [t] of the last
+        # The probe's values of the newest step, folded once a later step shows no explicit value replaced
+        # them: ``tlog.log`` of the same name at the same step wins (as in the CSV), even when it comes after.
+        self.held_auto: list[Any] = [None, {}]  # [step, {name: value}]
+        self.explicit_step: list[Any] = [None, []]  # [step, names] of the newest explicit values
         self.ranks: dict[str, dict[str, Any]] = {}  # distributed runs: per rank (tlog.store.rankstats)
         self.nodes: dict[str, dict[str, Any]] = {}  # multi-node runs: the supervisors of nodes 1, 2, ...
 
@@ -205,17 +209,37 @@ class SummaryBuilder:
         else:
             self.span[2] = event.get("t")
         self.rows += 1
-        stats = self.metrics
+        held_step, held = self.held_auto
+        if held and step is not None and step != held_step:
+            for key, value in held.items():
+                self._fold(key, value, held_step)
+            held.clear()
+        auto = event.get("src") == "auto"
+        explicit = self.explicit_step
+        if not auto and step is not None and explicit[0] != step:
+            explicit[0], explicit[1] = step, []
         for key, raw in event["data"].items():
             if key in _CONTEXT_KEYS:
                 continue
             value = raw if raw.__class__ is float else number(raw)
             if value is None:
                 continue
-            st = stats.get(key)
-            if st is None:
-                st = stats[key] = MetricStats(metric_mode(key, self.modes))
-            st.add(value, step)
+            if step is None:
+                self._fold(key, value, step)
+            elif auto:
+                if explicit[0] != step or key not in explicit[1]:  # else an explicit value of this step won
+                    held[key] = value
+                    self.held_auto[0] = step
+            else:
+                explicit[1].append(key)
+                held.pop(key, None)  # the probe's value of this step, replaced
+                self._fold(key, value, step)
+
+    def _fold(self, key: str, value: float, step: int | None) -> None:
+        st = self.metrics.get(key)
+        if st is None:
+            st = self.metrics[key] = MetricStats(metric_mode(key, self.modes))
+        st.add(value, step)
 
     def _attempt(self, event: dict) -> None:
         if event.get("node"):  # another node's supervisor: its attempts are its own, the run's are node 0's
@@ -327,7 +351,7 @@ class SummaryBuilder:
             "epochs": None if self.max_epoch is None else self.max_epoch + 1,
             "steps_per_s": self._steps_per_s(),
             "rows": self.rows,
-            "metrics": {name: st.to_dict() for name, st in self.metrics.items()},
+            "metrics": self._metric_dicts(),
             "checkpoints": {"count": self.checkpoints, "newest": self.newest_checkpoint},
             "errors": {"count": self.errors_total, "by_category": by_category, "items": self.errors[-20:]},
             "warnings": {"count": sum(self.warnings.values()), "by_category": dict(self.warnings)},
@@ -338,6 +362,21 @@ class SummaryBuilder:
             **({"ranks": ranks, "samples_per_s": rankstats.job_samples_per_s(ranks)} if ranks else {}),
             **({"nodes": [self.nodes[k] for k in sorted(self.nodes, key=int)]} if self.nodes else {}),
         }
+
+    def _metric_dicts(self) -> dict[str, dict[str, Any]]:
+        """Every metric as folded, the held values of the newest step included (in copies: an explicit value
+        of that step may still come)."""
+        step, held = self.held_auto
+        out = {}
+        for name in {**self.metrics, **held}:
+            st = self.metrics.get(name)
+            if name in held:
+                copy = MetricStats.from_state(st.state()) if st is not None else MetricStats(
+                    metric_mode(name, self.modes))
+                copy.add(held[name], step)
+                st = copy
+            out[name] = st.to_dict()
+        return out
 
     def _steps_per_s(self) -> float | None:
         """Throughput between the first and the last metrics event (restart pauses included)."""
