@@ -79,7 +79,7 @@ def test_every_step_exact_with_validation_checkpoints_config_and_nan(runner: Run
     config = json.loads((runner.exp("main") / "training_config.json").read_text())
     assert config["args"] == {"epochs": 2, "samples": 36, "batch_size": 8, "lr": 0.1, "workers": 0, "context": None,
                               "nan_at": [4], "ckpt": "ck", "fake_cuda": True, "log_acc": True, "subprocess": True,
-                              "no_grad_norm_api": False}
+                              "no_grad_norm_api": False, "blip_at_epoch": -1, "marker": "blip"}
     assert {k: config["optimizer"][k] for k in ("class", "lr", "momentum", "nesterov")} == \
         {"class": "SGD", "lr": 0.1, "momentum": 0.9, "nesterov": False}
     assert config["model"] == {"parameters": 6 * 8 + 8 + 8 + 1, "trainable": 65, "device": "cpu", "dtype": "float32"}
@@ -229,3 +229,15 @@ def test_explicit_values_win_over_the_probes_in_csv_and_summary(runner: Runner, 
         assert runner.run("summary", "explicit", *args).returncode == 0
     loss = json.loads((runner.exp("explicit") / "training_summary.json").read_text())["metrics"]["loss"]
     assert (loss["min"], loss["max"], loss["last"], loss["count"]) == (1001.0, 1006.0, 1006.0, 6)
+
+
+def test_a_restart_from_an_epoch_end_checkpoint_counts_on_epochs_and_steps(runner: Runner) -> None:
+    (runner.cwd / "ck").mkdir()
+    res = run_ok(runner, "--name", "epochs", "--log-every", "1", "--restart", "on-failure", "--backoff", "0.1",
+                 script("probe_train.py"), "--epochs", "3", "--ckpt", "ck", "--blip-at-epoch", "2")
+    assert "RESUMED 10 2" in res.stdout
+    want = [(int(s), int(e), int(b)) for s, e, b, *_ in printed(res.stdout, "STEP")]
+    assert want == [(s, (s - 1) // 5, (s - 1) % 5) for s in range(1, 16)]
+    assert [(int(r["step"]), int(r["epoch"]), int(r["batch"])) for r in rows(runner, "epochs")] == want
+    checkpoints = by_kind(runner, "epochs", "checkpoint")
+    assert {(c["epoch"], c["data"]["epoch_complete"]) for c in checkpoints} == {(0, True), (1, True), (2, True)}

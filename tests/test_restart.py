@@ -147,6 +147,8 @@ def test_resume_arguments_and_template_check() -> None:
     assert resume_args(None, point) == []
     assert resume_env(point) == {"TLOG_RESUME_CHECKPOINT": "/ck/step 4.pt", "TLOG_RESUME_STEP": "4"}
     assert resume_env(ResumePoint("/ck/x.pt", None)) == {"TLOG_RESUME_CHECKPOINT": "/ck/x.pt"}
+    assert resume_env(ResumePoint("/ck/x.pt", 12, 3)) == {"TLOG_RESUME_CHECKPOINT": "/ck/x.pt",
+                                                          "TLOG_RESUME_STEP": "12", "TLOG_RESUME_EPOCH": "3"}
     assert resume_env(None) == {}
     with pytest.raises(ValueError, match="must contain"):
         check_template("--resume")
@@ -170,6 +172,11 @@ def test_checkpoint_choice_newest_event_or_newest_glob_match(tmp_path: Path) -> 
     by_glob.seen({"kind": "checkpoint", "step": 8, "data": {"path": str(new)}})
     assert by_glob.resume_point() == ResumePoint(str(new), 8)
     assert Checkpoints(str(tmp_path / "*.ckpt")).resume_point() is None
+    epochs = Checkpoints()
+    epochs.seen({"kind": "checkpoint", "step": 8, "epoch": 1, "data": {"path": str(new), "epoch_complete": True}})
+    assert epochs.resume_point() == ResumePoint(str(new), 8, 2), "an epoch-end checkpoint: the next epoch"
+    epochs.seen({"kind": "checkpoint", "step": 6, "epoch": 1, "data": {"path": str(new), "epoch_complete": False}})
+    assert epochs.resume_point() == ResumePoint(str(new), 6, 1), "mid-epoch: that epoch again"
 
 
 def test_recovery_is_passing_the_failing_step() -> None:

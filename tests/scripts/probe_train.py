@@ -4,6 +4,7 @@ STEP step epoch batch loss lr grad_norm | VAL epoch mean-of-batch-losses | CKPT 
 """
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -28,6 +29,10 @@ def main() -> None:
     p.add_argument("--log-acc", action="store_true")
     p.add_argument("--subprocess", action="store_true")
     p.add_argument("--no-grad-norm-api", action="store_true", help="remove what --grad-norm relies on")
+    p.add_argument("--blip-at-epoch", type=int, default=-1,
+                   help="a network error as this epoch starts, once (MARKER made); a restart resumes after "
+                        "the checkpoint tlog names")
+    p.add_argument("--marker", default="blip")
     args = p.parse_args()
 
     if args.fake_cuda:  # the boundary the probe reads CUDA memory through; these counters never synchronise
@@ -48,8 +53,18 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     loss_fn = nn.MSELoss()
-    step = 0
-    for epoch in range(args.epochs):
+    step, start = 0, 0
+    resume = tlog.resume_checkpoint()
+    if resume:  # .../opt-<epoch>.pt, the last file of that epoch's checkpoint
+        start = int(resume.rsplit("-", 1)[1].split(".")[0]) + 1
+        model.load_state_dict(torch.load(resume.replace("opt-", "model-")))
+        opt.load_state_dict(torch.load(resume))
+        step = start * len(train)
+        print(f"RESUMED {step} {start}", flush=True)
+    for epoch in range(start, args.epochs):
+        if epoch == args.blip_at_epoch and not os.path.exists(args.marker):
+            open(args.marker, "w").close()
+            raise ConnectionResetError(104, "Connection reset by peer")
         model.train()
         for batch, (xb, yb) in enumerate(train):
             opt.zero_grad()

@@ -61,6 +61,7 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TLOG_RESUME_CHECKPOINT", None)  # only tlog says where to resume (restart.resume_env)
     env.pop("TLOG_RESUME_STEP", None)
+    env.pop("TLOG_RESUME_EPOCH", None)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + path if path else "")
     env["PYTHONUNBUFFERED"] = "1"

@@ -228,6 +228,7 @@ class RecoveryWatch:
 class ResumePoint:
     path: str
     step: int | None
+    epoch: int | None = None  # the epoch a run resumed from it is in: the checkpoint's, or the next if complete
 
 
 class Checkpoints:
@@ -236,7 +237,7 @@ class Checkpoints:
     def __init__(self, pattern: str | None = None) -> None:
         self.pattern = pattern
         self.newest: ResumePoint | None = None
-        self.steps: dict[str, int | None] = {}
+        self.points: dict[str, ResumePoint] = {}  # announced checkpoints by absolute path
         self.rank: int | None = None
 
     def seen(self, event: dict) -> None:
@@ -252,9 +253,11 @@ class Checkpoints:
                 return
             self.rank = rank
         if isinstance(path, str):
-            step = event.get("step")
-            self.steps[os.path.abspath(path)] = step
-            self.newest = ResumePoint(path, step)
+            step, epoch = event.get("step"), event.get("epoch")
+            if isinstance(epoch, int) and event["data"].get("epoch_complete") is True:
+                epoch += 1
+            self.points[os.path.abspath(path)] = point = ResumePoint(path, step, epoch)
+            self.newest = point
 
     def resume_point(self) -> ResumePoint | None:
         """The newest matching file with ``--checkpoint-glob``, else the newest announced one that still exists."""
@@ -263,17 +266,19 @@ class Checkpoints:
             if not files:
                 return None
             path = os.path.abspath(max(files, key=os.path.getmtime))
-            return ResumePoint(path, self.steps.get(path))
+            return self.points.get(path, ResumePoint(path, None))
         if self.newest is not None and os.path.isfile(self.newest.path):
             return self.newest
         return None
 
 
 def resume_env(point: ResumePoint | None) -> dict[str, str]:
-    """What a restarted child learns: the checkpoint (``tlog.resume_checkpoint()``) and its step (for the probe)."""
+    """What a restarted child learns: the checkpoint (``tlog.resume_checkpoint()``), its step and epoch (for the
+    probe, which counts on from them)."""
     env = {} if point is None else {"TLOG_RESUME_CHECKPOINT": point.path}
-    if point is not None and point.step is not None:
-        env["TLOG_RESUME_STEP"] = str(point.step)
+    for key, value in (("TLOG_RESUME_STEP", point and point.step), ("TLOG_RESUME_EPOCH", point and point.epoch)):
+        if value is not None:
+            env[key] = str(value)
     return env
 
 

@@ -117,7 +117,7 @@ class Loaders:
             em.emit("phase", {"phase": "validation"}, step=em.step, epoch=em.epoch, batch=em.batch)
 
     def _epoch(self, loader: Any, n: int) -> None:
-        self.probe.em.epoch = n - 1
+        self.probe.em.epoch = self.probe.epoch0 + n - 1
         self.batch_size = loader.batch_size or self.batch_size
         self.total = _len(loader)
         size = _len(loader.dataset)

@@ -53,7 +53,11 @@ class Saves:
         em = self.probe.em
         em.phase = phase
         if target is not None:
-            em.emit("checkpoint", {"path": target[0], "bytes": target[1]}, step=em.step, epoch=em.epoch,
+            data = {"path": target[0], "bytes": target[1]}
+            total = self.probe.total_batches
+            if total and em.batch is not None:  # a restart from it counts epochs on from here (Probe.epoch0)
+                data["epoch_complete"] = em.batch + 1 >= total
+            em.emit("checkpoint", data, step=em.step, epoch=em.epoch,
                     batch=em.batch)
         self.probe.idle()
 

@@ -85,13 +85,20 @@ def resume_step() -> int:
     return _env_int("TLOG_RESUME_STEP")
 
 
+def resume_epoch() -> int:
+    """The epoch a run restarted from a checkpoint is in (TLOG_RESUME_EPOCH: the checkpoint's, or the next
+    one when its epoch was complete), else 0."""
+    return _env_int("TLOG_RESUME_EPOCH")
+
+
 class Probe:
     """State shared by the patches; each capability switches itself off on its first failure."""
 
     def __init__(self, em: Emitter, settings: Settings) -> None:
         self.em = em
         self.settings = settings
-        self.step = resume_step()  # a restart from a checkpoint continues the global step, no sawtooth
+        self.step = resume_step()  # a restart from a checkpoint continues the global step, no sawtooth ...
+        self.epoch0 = resume_epoch()  # ... and the epochs: the first training pass is this one
         self.off: set[str] = set()
         self.window = Window()
         self.optimizers: list[OptState] = []
