@@ -215,15 +215,6 @@ def _needs_roundtrip(data: dict) -> bool:
     return any(not isinstance(v, (int, float, str, type(None))) for v in data.values())
 
 
-def stack_scalars(tensors: list[Any]) -> Any:
-    """One-element tensors as one 1-D tensor on their device, outside autograd (a loss still holding its graph
-    adds nothing to it); no value is read, so nothing waits on the device.  Raises for mixed devices."""
-    import torch
-
-    with torch.no_grad():
-        return torch.stack([t if t.dim() == 0 else t.reshape(()) for t in tensors])
-
-
 def read_scalars(tensors: list[Any]) -> list[float]:
     """Python numbers of one-element tensors, read with one transfer (a single sync for device tensors).
 
@@ -231,11 +222,11 @@ def read_scalars(tensors: list[Any]) -> list[float]:
     """
     if not tensors:
         return []
-    if tensors[0].is_cpu:  # no transfer to save: one by one is quicker than a stack
-        return [t.item() for t in tensors]
+    import torch
+
     try:
-        return stack_scalars(tensors).tolist()
-    except (RuntimeError, TypeError):  # mixed devices or dtypes: one read each, still correct
+        return torch.stack([t if t.dim() == 0 else t.reshape(()) for t in tensors]).tolist()
+    except (RuntimeError, TypeError):  # mixed devices or shapes: one read each, still correct
         return [t.item() for t in tensors]
 
 

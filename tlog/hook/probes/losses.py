@@ -43,24 +43,21 @@ def _scalar_of(tensors: Any) -> Any:
     return sum(t.detach().reshape(()) for t in items)
 
 
-def _kept(tensors: Any, args: tuple, kwargs: dict) -> Any:
-    """The loss to hold from ``torch.autograd.backward(tensors, ...)``: None for what is not a loss; detached
-    when the graph is retained, which must not stay alive until the next report."""
+def _loss_of(tensors: Any) -> Any:
+    """The loss of ``torch.autograd.backward(tensors, ...)``, or None for what is not one."""
     loss = _scalar_of(tensors)
-    if loss is None or loss.numel() != 1:
-        return None
-    retain = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
-    create = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
-    return loss.detach() if retain or create else loss
+    return loss if loss is not None and loss.numel() == 1 else None
 
 
 def patch_backward(probe: Probe) -> Undo:
     """Every backward hands its loss to the probe: ``Tensor.backward`` and ``torch.autograd.backward``.
 
-    ``loss.backward()`` is half of the probe's per-step cost, so its usual case (no gradient given, the graph
-    freed, a plain tensor, no ``__torch_function__`` mode) is served by a replacement of ``Tensor.backward``
+    ``loss.backward()`` is half of the probe's per-step cost, so its usual case (no gradient given: a scalar;
+    a plain tensor; no ``__torch_function__`` mode) is served by a replacement of ``Tensor.backward``
     that does what torch's does (call ``torch.autograd.backward``) plus the probe's few lines: the frame is
-    one the step pays anyway.  Every other case goes through torch's ``Tensor.backward`` to the wrapped
+    one the step pays anyway.  (Holding the loss tensor itself, to read a batch of them later, costs more
+    than reading a CPU one at once: the held tensors and their graph nodes defeat the allocator's reuse.)
+    Every other case goes through torch's ``Tensor.backward`` to the wrapped
     ``torch.autograd.backward``.  Neither sets a phase: a crash in the backward shows torch's autograd frames,
     which name it (see ``state``).  A backward inside a backward (reentrant activation checkpointing, which
     passes gradients) is part of the outer one.
@@ -74,14 +71,14 @@ def patch_backward(probe: Probe) -> Undo:
     window = probe.window
 
     def note(loss: Any) -> bool:
-        """Hold the loss (as it is: see ``window``) and note the batch; True if this backward is a step of its
-        own (no optimizer exists)."""
+        """Hold the loss (see ``window``) and note the batch; True if this backward is a step of its own (no
+        optimizer exists)."""
         try:
             if probe.side is not None or probe.scaled is not None or probe.in_step is not None:
                 loss = probe.unusual_backward(loss)
                 if loss is None:
                     return False
-            window.losses.append(loss)
+            window.losses.append(loss.item() if loss.is_cpu else loss.detach())  # window.hold, inlined
             counts = probe.train_vars  # Probe.locate, inlined
             if counts is not None:
                 em.batch = n = counts["_num_yielded"] - 1
@@ -95,11 +92,10 @@ def patch_backward(probe: Probe) -> Undo:
     @functools.wraps(original_method)
     def backward_method(self: Any, gradient: Any = None, retain_graph: Any = None, create_graph: Any = False,
                         inputs: Any = None) -> None:
-        if gradient is not None or retain_graph or create_graph or self.__class__ is not tensor_cls \
-                or torch_function(self):
+        if gradient is not None or self.__class__ is not tensor_cls or torch_function(self):
             return original_method(self, gradient, retain_graph, create_graph, inputs)
         own_step = note(self)
-        original(self, None, None, False, inputs=inputs)
+        original(self, None, retain_graph, create_graph, inputs=inputs)
         if own_step:
             probe.end_step()  # no optimizer at all: each backward is a step
         return None
@@ -109,7 +105,7 @@ def patch_backward(probe: Probe) -> Undo:
         if nested() != -1:
             return original(tensors, *args, **kwargs)
         try:
-            loss = _kept(tensors, args, kwargs)
+            loss = _loss_of(tensors)
         except Exception as exc:  # noqa: BLE001
             probe.fail("loss", exc)
             loss = None

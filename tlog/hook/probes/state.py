@@ -40,7 +40,7 @@ from typing import Any
 
 from tlog.hook.emitter import Emitter
 from tlog.hook.probes.report import Reporter
-from tlog.hook.probes.window import HOLD, Window
+from tlog.hook.probes.window import Window
 
 Undo = Callable[[], None]
 MAX_WINDOW = 10_000  # held losses before a report is forced (a primary optimizer that stopped stepping)
@@ -186,8 +186,6 @@ class Probe:
             self.step = step = self.step + 1
             self.em.step = step
             window.mark = end = len(window.losses)  # Window.close, inlined: this runs every step
-            if end - window.fresh >= HOLD:
-                window.compact()
             window.ends.append(end)
             window.owners.append(owner)
             window.stepnos.append(step)

@@ -1,14 +1,12 @@
 """The losses of the steps since the last report, and their summary.
 
-Per step the window gets a few appends and reads nothing: the loss tensor is
-held as it is (after a backward that frees its graph, what it keeps alive is
-a few empty autograd nodes), and the report reads the whole window in one
-transfer, so an accelerator is synchronised once per report, never per step.
-Every ``HOLD`` steps the held tensors are compacted (``compact``), which lets
-their graphs go: CPU ones become numbers, device ones views of one stacked
-tensor, still unread.  The summary (per-step means for gradient
-accumulation, per-optimizer means, non-finite steps) runs over the numbers
-at report time, in C-speed list operations for the usual loop.
+A loss on the CPU is read as a number at its backward (reading CPU memory is
+no synchronisation); a loss on an accelerator is kept, detached, and all of
+them are read in one transfer at the report, so the device is synchronised
+once per report, never per step.  Per step the window gets a few appends;
+the summary (per-step means for gradient accumulation, per-optimizer means,
+non-finite steps) runs over the numbers at report time, in C-speed list
+operations for the usual loop.
 """
 
 from __future__ import annotations
@@ -18,9 +16,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-from tlog.hook.emitter import read_scalars, stack_scalars
-
-HOLD = 16  # loss tensors held before they are compacted
+from tlog.hook.emitter import read_scalars
 
 
 @dataclass
@@ -54,8 +50,7 @@ def numbers(values: list[Any], extra: tuple | list = ()) -> list[float]:
 
 class Window:
     def __init__(self) -> None:
-        self.losses: list[Any] = []  # one-element tensors (or numbers, once compacted), in backward order
-        self.fresh = 0  # losses before it are compacted
+        self.losses: list[Any] = []  # numbers (CPU losses) or detached one-element tensors, in backward order
         self.ends: list[int] = []  # per closed step: where its losses end in ``losses``
         self.owners: list[Any] = []  # per closed step: its optimizer's OptState, None for a bare backward
         self.stepnos: list[int] = []  # per closed step: the global step it belongs to
@@ -69,20 +64,6 @@ class Window:
         self.ends.append(end)
         self.owners.append(owner)
         self.stepnos.append(step)
-
-    def compact(self) -> None:
-        """Let the held losses' graphs go: CPU tensors as numbers (reading CPU memory is no sync), device ones
-        as views of one tensor stacked on the device (still unread)."""
-        start, self.fresh = self.fresh, len(self.losses)
-        fresh = [v for v in self.losses[start:] if v.__class__ is not float]
-        if not fresh:
-            return
-        try:
-            kept = [t.item() for t in fresh] if fresh[0].is_cpu else list(stack_scalars(fresh).unbind())
-        except (RuntimeError, TypeError):  # mixed devices: one by one
-            kept = [t.item() if t.is_cpu else t.detach() for t in fresh]
-        values = iter(kept)
-        self.losses[start:] = [v if v.__class__ is float else next(values) for v in self.losses[start:]]
 
     def take(self, primary: Any, extra: list[Any]) -> Summary:
         """Summarise the closed steps, reading ``extra`` tensors in the same transfer; the window starts anew
@@ -98,7 +79,7 @@ class Window:
             self._summarise(values, primary, out)
         self.losses = self.losses[self.mark:]
         self.ends, self.owners, self.stepnos = [], [], []
-        self.mark, self.fresh, self.primary_steps, self.grad_norm, self.t0 = 0, 0, 0, None, now
+        self.mark, self.primary_steps, self.grad_norm, self.t0 = 0, 0, None, now
         return out
 
     def _summarise(self, values: list[float], primary: Any, out: Summary) -> None:
