@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tlog import classify_rules
-from tlog.classify import Diagnosis, FailureRecord, classify, classify_hang, classify_text
+from tlog.diagnosis import rules as classify_rules
+from tlog.diagnosis.classify import Diagnosis, FailureRecord, classify, classify_hang, classify_text
 from tlog.views.diagnosis import classify_command, render_diagnosis
 
 CORPUS = Path(__file__).parent / "fixtures" / "tracebacks"

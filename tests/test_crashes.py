@@ -9,7 +9,7 @@ import signal
 import pytest
 from conftest import Runner, script
 
-from tlog import failure
+from tlog.diagnosis import failure
 from tlog.supervisor.limits import oom_kill_count
 from tlog.supervisor.options import decide_status
 

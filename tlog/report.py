@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from tlog import classify_rules as R
+from tlog.diagnosis import rules as R
 from tlog.store import layout, snapshot
 from tlog.store.reader import ReadStats, iter_all_events, iter_events, read_json
 from tlog.store.summary import SummaryBuilder, merge_error_update

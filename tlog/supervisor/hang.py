@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tlog.classify import normalise_phase
+from tlog.diagnosis.classify import normalise_phase
 from tlog.supervisor.launch import GroupSignaller
 
 SLOW_FACTOR = 4.0

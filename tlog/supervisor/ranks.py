@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tlog import classify_rules as R
-from tlog.classify import classify_hang
+from tlog.diagnosis import rules as R
+from tlog.diagnosis.classify import classify_hang
 from tlog.supervisor.nvml import DeviceReading
 from tlog.supervisor.torchrun import ReportReader, WorkerExit, rank_lines
 

@@ -24,8 +24,8 @@ import shlex
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from tlog import classify_rules as R
-from tlog.classify_rules import TRANSIENT
+from tlog.diagnosis import rules as R
+from tlog.diagnosis.rules import TRANSIENT
 
 ALL = "all"
 KNOWN_CATEGORIES = frozenset({r.category for r in R.RULES} | set(R.PHASE_CATEGORY.values()) | TRANSIENT

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tlog
-from tlog import failure
+from tlog.diagnosis import failure
 from tlog.hook.crash import ENV_STACK_SIGNAL
 from tlog.store import layout
 from tlog.store.writer import ExperimentWriter

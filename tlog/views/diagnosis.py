@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tlog.classify import Diagnosis, classify_text
+from tlog.diagnosis.classify import Diagnosis, classify_text
 
 
 def render_diagnosis(d: Diagnosis) -> str:

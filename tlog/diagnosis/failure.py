@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from tlog.classify import Diagnosis, FailureRecord, classify
+from tlog.diagnosis.classify import Diagnosis, FailureRecord, classify
 
 STDERR_TAIL_LINES = 200
 MB = 1024 * 1024

@@ -2,7 +2,7 @@
 
 Pure functions over text and numbers, standard library only: this runs in the supervisor's crash path,
 where importing anything heavy (or failing) would lose the diagnosis.  The knowledge lives in
-``tlog.classify_rules``, text layout in ``tlog.classify_parse``; this module applies the rules, decides
+``tlog.diagnosis.rules``, text layout in ``tlog.diagnosis.parse``; this module applies the rules, decides
 the phase, and handles what leaves no traceback (SIGKILL and other signals, hangs).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import signal as _signal
 from dataclasses import dataclass
 
-from tlog import classify_rules as R
-from tlog.classify_parse import CONTROL, WRAPPERS, Exc, Frame, parse, parse_stack, rx
+from tlog.diagnosis import rules as R
+from tlog.diagnosis.parse import CONTROL, WRAPPERS, Exc, Frame, parse, parse_stack, rx
 
 
 @dataclass(frozen=True, slots=True)
