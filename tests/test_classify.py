@@ -14,21 +14,37 @@ from tlog.diagnosis import rules as classify_rules
 from tlog.diagnosis.classify import Diagnosis, FailureRecord, classify, classify_hang, classify_text
 from tlog.views.diagnosis import classify_command, render_diagnosis
 
-CORPUS = Path(__file__).parent / "fixtures" / "tracebacks"
+FIXTURES = Path(__file__).parent / "fixtures"
+CORPUS = FIXTURES / "tracebacks"
 CATEGORIES = {"data_loading", "model_inference", "loss_computation", "gradient_computation", "optimization",
               "memory", "device", "checkpoint", "validation", "configuration", "network", "system", "unknown"}
 GIB = 1024**3
 
 
-def test_development_corpus_accuracy():
-    rows = list(csv.DictReader((CORPUS / "labels.tsv").open(), delimiter="\t"))
-    misses = []
+def _confusion(pairs: list[tuple[str, str]]) -> str:
+    """Rows are the labels, columns what the classifier said; only categories that occur are shown."""
+    cats = sorted({c for pair in pairs for c in pair})
+    width = max(len(c) for c in cats)
+    head = " " * (width + 1) + " ".join(c[:5].rjust(5) for c in cats)
+    rows = [f"{want.ljust(width)} " + " ".join(str(sum(1 for p in pairs if p == (want, got)) or ".").rjust(5)
+                                              for got in cats) for want in cats]
+    return "\n".join([head, *rows])
+
+
+@pytest.mark.parametrize("corpus", ["tracebacks", "tracebacks-real"])
+def test_labelled_corpus_accuracy(corpus: str) -> None:
+    """Both labelled sets (generated crashes, rewritten public reports) at 97% or better; a failure prints
+    the confusion matrix and each miss with the rule that decided it."""
+    root = FIXTURES / corpus
+    rows = list(csv.DictReader((root / "labels.tsv").open(), delimiter="\t"))
+    pairs, misses = [], []
     for row in rows:
-        d = classify_text((CORPUS / "cases" / f"{row['id']}.txt").read_text())
+        d = classify_text((root / "cases" / f"{row['id']}.txt").read_text())
+        pairs.append((row["category"], d.category))
         if d.category != row["category"]:
-            misses.append(f"{row['id']}: expected {row['category']}, got {d.category} (rule {d.rule})")
+            misses.append(f"{row['id']}: expected {row['category']}, got {d.category} (rule {d.rule}) - {row['note']}")
     accuracy = 1 - len(misses) / len(rows)
-    assert accuracy >= 0.95, "confusion:\n" + "\n".join(misses)
+    assert len(rows) >= 28 and accuracy >= 0.97, f"{accuracy:.1%}\n{_confusion(pairs)}\n" + "\n".join(misses)
 
 
 # Families the development corpus does not cover, written from the libraries' real messages.
@@ -164,10 +180,15 @@ def test_cause_names_phase_position_and_numbers():
     assert any("reported by the probe" in e for e in d.evidence)
 
 
-def test_phase_inferred_from_frames_and_probe_wins():
+def test_phase_from_frames_the_probe_only_a_hint():
+    """Autograd frames show backward whatever the probe last reported (a stale phase must not decide); the
+    probe decides when the frames show nothing, and validation encloses whatever runs inside it."""
     text = (CORPUS / "cases" / "022.txt").read_text()
     assert classify_text(text).phase == "backward_pass"
-    assert classify(FailureRecord(stderr_tail=text, phase="optimization_step")).phase == "optimization_step"
+    assert classify(FailureRecord(stderr_tail=text, phase="checkpoint_saving")).phase == "backward_pass"
+    assert classify(FailureRecord(stderr_tail=text, phase="validation")).phase == "validation"
+    bare = "RuntimeError: something odd"
+    assert classify(FailureRecord(stderr_tail=bare, phase="optimization_step")).phase == "optimization_step"
 
 
 def test_socket_error_in_dataset_without_workers_is_network():

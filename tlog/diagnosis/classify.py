@@ -12,7 +12,7 @@ import signal as _signal
 from dataclasses import dataclass
 
 from tlog.diagnosis import rules as R
-from tlog.diagnosis.parse import CONTROL, WRAPPERS, Exc, Frame, parse, parse_stack, rx
+from tlog.diagnosis.parse import CONTROL, TRUNCATED, WRAPPERS, Exc, Frame, parse, parse_stack, rx
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +62,30 @@ def normalise_phase(phase: str | None) -> str | None:
     return R.PHASE_ALIASES.get(key, key)
 
 
-def infer_phase(frames: list[Frame]) -> tuple[str | None, Frame | None]:
-    """Deepest strong hint, else deepest weak hint (see ``FRAME_PHASES``)."""
+def infer_phase(frames: list[Frame]) -> tuple[str | None, Frame | None, bool]:
+    """(phase, frame, strong): the deepest strong hint, else the deepest weak one (see ``FRAME_PHASES``).
+
+    Only the innermost frame's source line counts: above it, the library frames below say what ran, so a
+    one-line ``loss = F.mse_loss(m(x), y); loss.backward()`` that failed inside ``m`` is the forward pass.
+    """
     weak: tuple[str, Frame] | None = None
-    for frame in reversed(frames):
-        key = frame.key
+    for depth, frame in enumerate(reversed(frames)):
+        key = frame.key if depth == 0 else f"{frame.file}|{frame.func}|"
         hit = next(((p, s) for p, s, pattern in R.FRAME_PHASES if rx(pattern).search(key)), None)
         if hit and hit[1]:
-            return hit[0], frame
+            return hit[0], frame, True
         if hit and weak is None:
             weak = (hit[0], frame)
-    return weak if weak else (None, None)
+    return (weak[0], weak[1], False) if weak else (None, None, False)
+
+
+def _line_phase(texts: list[str]) -> tuple[str, str] | None:
+    """(phase, line) from log lines and messages that name a loop ("Validation DataLoader 0: 40%")."""
+    for text in reversed(texts):
+        for phase, pattern in R.LINE_PHASES:
+            if rx(pattern).search(text):
+                return phase, text.strip()
+    return None
 
 
 # ---------------------------------------------------------------- matching
@@ -81,22 +94,31 @@ def _exc_matches(rule: R.Rule, exc: Exc) -> bool:
     """Type or message selects; frames and site narrow.  A rule with no condition at all matches anything."""
     if rule.frames and not any(rx(rule.frames).search(f.key) for f in exc.frames):
         return False
+    if rule.innermost and not (exc.frames and rx(rule.innermost).search(exc.frames[-1].key)):
+        return False
     if rule.site:
         site = exc.site()
         if site is None or not rx(rule.site).search(site.key):
             return False
     if not (rule.types or rule.message):
         return not rule.line
-    return exc.short_type in rule.types or bool(rule.message and rx(rule.message).search(exc.text))
+    return exc.short_type in rule.types or bool(rule.message and rx(rule.message).search(_said(exc)))
+
+
+def _said(exc: Exc) -> str:
+    """The exception's text, plus the ``raise`` statement that made it: a cut-off log may end mid-message."""
+    source = exc.frames[-1].source if exc.frames else ""
+    return f"{exc.text}\n{exc.short_type}: {source}" if source.startswith("raise ") else exc.text
 
 
 def _match(excs: list[Exc], lines: list[tuple[str, str]]) -> tuple[R.Rule, Exc | None, str, str] | None:
     """Rule-major: the most specific family anywhere in the failure beats a generic one at the root."""
+    told = any(e.message.strip() or e.type != TRUNCATED for e in excs)  # cut before its message: read lines
     for rule in R.RULES:
         for exc in excs:
             if _exc_matches(rule, exc):
                 return rule, exc, exc.where, exc.text
-        line_rx = rule.line or ("" if excs else rule.message)
+        line_rx = rule.line or ("" if told else rule.message)
         if line_rx:
             for where, line in lines:
                 if rx(line_rx).search(line):
@@ -145,12 +167,16 @@ def _cause(summary: str, phase: str | None, record: FailureRecord, site: Frame |
 
 
 def _diagnose(rule: R.Rule, exc: Exc | None, where: str, hit: str, record: FailureRecord,
-              excs: list[Exc]) -> Diagnosis:
+              excs: list[Exc], lines: list[tuple[str, str]]) -> Diagnosis:
     frames = exc.frames if exc and exc.frames else next((e.frames for e in excs if e.frames), [])
-    inferred, phase_frame = infer_phase(frames)
+    inferred, phase_frame, strong = infer_phase(frames)
     probe = normalise_phase(record.phase)
+    from_lines = None if strong or probe else _line_phase([e.text for e in excs] + [t for _, t in lines])
+    if from_lines:
+        inferred, phase_frame, strong = from_lines[0], None, True
     refined = bool(probe and inferred and inferred != probe
-                   and (probe in R.COARSE_PHASES or (probe, inferred) in R.PHASE_REFINEMENTS))
+                   and ((strong and probe not in R.ENCLOSING_PHASES) or probe in R.COARSE_PHASES
+                        or (probe, inferred) in R.PHASE_REFINEMENTS))
     phase = inferred if refined else probe or inferred or rule.phase
     category = rule.category
     by_phase = R.PHASE_CATEGORY.get(phase or "")
@@ -159,6 +185,8 @@ def _diagnose(rule: R.Rule, exc: Exc | None, where: str, hit: str, record: Failu
     evidence = [f"rule {rule.name} matched {where}: {_head(hit)}", f"why: {rule.reason}"]
     if probe and not refined:
         evidence.append(f"phase {probe} reported by the probe")
+    elif from_lines:
+        evidence.append(f"phase {inferred} inferred from the output: {_head(from_lines[1])}")
     elif inferred and phase_frame:
         evidence.append(f"phase {inferred} inferred from frame {phase_frame.short()}"
                         + (f": {phase_frame.source}" if phase_frame.source else "")
@@ -250,7 +278,7 @@ def _by_exit(record: FailureRecord, sig: int | None, lines: list[tuple[str, str]
 def _hang(stack: str, phase: str | None, record: FailureRecord) -> Diagnosis:
     frames = parse_stack(stack)
     keys = [(f.key, f) for f in reversed(frames)] or [(line, None) for line in reversed(stack.splitlines())]
-    inferred, _ = infer_phase(frames)
+    inferred, _, _ = infer_phase(frames)
     phase = normalise_phase(phase) or inferred
     for key, frame in keys:
         for name, category, summary, reason, pattern in R.HANG_RULES:
@@ -287,7 +315,7 @@ def classify(record: FailureRecord) -> Diagnosis:
     hit = _match(excs, lines)
     if hit is None:
         return _by_exit(record, sig, lines)
-    return _diagnose(*hit, record, excs)
+    return _diagnose(*hit, record, excs, lines)
 
 
 def classify_text(text: str) -> Diagnosis:

@@ -11,7 +11,16 @@ import functools
 import re
 from dataclasses import dataclass, field
 
-_TB_START = re.compile(r"^(?P<prefix>.*?)(?:Original )?Traceback \(most recent call last\):\s*$")
+_TB_START = re.compile(r"^(?P<prefix>.*?)(?:Original )?T?raceback \(most recent call last\):\s*$")
+# IPython: "KeyError      Traceback (most recent call last)", frames "path in func(args)" or
+# "File path:12, in func(args)", source "--> 12 code"; rich panels: "│ path:12 in func │", the path may wrap.
+_IPY_START = re.compile(r"^\s*(?P<type>[A-Za-z_][\w.]*)\s{2,}Traceback \(most recent call last\)")
+_IPY_FRAME = re.compile(r"^\s*(?:File (?P<file>\S.*?):(?P<line>\d+), in (?P<func>[\w.<>]+)|"
+                        r"(?P<file2>(?:[A-Za-z]:)?[/\\~.]\S*\.py|<ipython-input-[^>]+>) in (?P<func2>[\w.<>]+))\(?")
+_IPY_SOURCE = re.compile(r"^-+>\s*(?P<line>\d+)\s(?P<code>.*)$")
+_RICH_BOX = re.compile(r"^\s*[│|]\s?(?P<body>.*?)\s*[│|]?\s*$")
+_RICH_FRAME = re.compile(r"^(?P<file>(?:[A-Za-z]:)?[/\\~.]\S*\.py):(?P<line>\d+) in (?P<func>\w+)\s*$")
+_RICH_SOURCE = re.compile(r"^❱\s*\d+\s[│\s]*(?P<code>.*)$")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S.*?)\s*$')
 _FH_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
 _PYSPY_FRAME = re.compile(r"^\s+(?P<func>\S+) \((?P<file>[^()]+):(?P<line>\d+)\)\s*$")
@@ -29,8 +38,10 @@ _LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|/lib/Python\d|
 WRAPPERS = re.compile(r"in DataLoader worker process|in replica \d+ on device|ChildFailedError|"
                       r"ProcessRaisedException|ProcessExitedException")
 _RANK_PREFIX = re.compile(r"^\s*\[?(?:rank|RANK)?\s*\d+\]?:")
+TRUNCATED = "(traceback cut off)"
 CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _MAX_MESSAGE_LINES = 60
+_IPY_HEADER = "\x00ipython-type "  # marks the type an IPython header named, for a traceback cut before its end
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +134,14 @@ def _continuation(lines: list[str], i: int, strip) -> tuple[str, int]:
 
 def _read_traceback(lines: list[str], i: int, prefix: str, label: str) -> tuple[Exc | None, int]:
     """Frames, then the first unindented exception-shaped line; gives up after a few stray lines."""
-    strip, frames, stray = _stripper(prefix), [], 0
+    strip, frames, stray, header = _stripper(prefix), [], 0, ""
     while i < len(lines) and stray < 8:
         body = strip(lines[i])
         i += 1
         if body is None or not body.strip():
             stray += 1
+        elif body.startswith(_IPY_HEADER):
+            header = body[len(_IPY_HEADER):]
         elif fm := _FRAME.match(body):
             frames.append(_frame(fm))
         elif exc := _exception_line(body):
@@ -139,6 +152,8 @@ def _read_traceback(lines: list[str], i: int, prefix: str, label: str) -> tuple[
                 frames[-1] = Frame(frames[-1].file, frames[-1].line, frames[-1].func, body.strip())
         else:
             stray += 1
+    if frames or header:  # cut off before its exception line: the frames still say where it failed
+        return Exc(header or TRUNCATED, "", f"{label} line {i}", frames), i
     return None, i
 
 
@@ -174,10 +189,44 @@ def _read_stray(lines: list[str], i: int, label: str) -> tuple[Exc | None, int]:
     return Exc(m["type"], message, f"{label} line {i + 1}"), j
 
 
+def _normalise(lines: list[str]) -> list[str]:
+    """IPython and rich-panel tracebacks rewritten as Python prints them, so one reader serves all three."""
+    out: list[str] = []
+    pending = ""  # a rich panel wraps a long "path:line in func" onto the next line
+    for line in lines:
+        if m := _IPY_START.match(line):
+            out.append("Traceback (most recent call last):")
+            out.append(f"{_IPY_HEADER}{m['type']}")
+            continue
+        if line.lstrip().startswith(("╭", "╰")):
+            continue
+        box = _RICH_BOX.match(line) if line.lstrip().startswith("│") else None
+        if box:
+            body = pending + box["body"].strip()
+            pending = ""
+            if m := _RICH_FRAME.match(body):
+                out.append(f'  File "{m["file"]}", line {m["line"]}, in {m["func"]}')
+            elif body.endswith(".py:") or (body.endswith(".py") and "/" in body):
+                pending = body
+            elif m := _RICH_SOURCE.match(body):
+                out.append("    " + m["code"].replace("│", " ").strip())
+            continue
+        if m := _IPY_FRAME.match(line):
+            file, func = m["file"] or m["file2"], m["func"] or m["func2"]
+            out.append(f'  File "{file}", line {m["line"] or 0}, in {func}')
+        elif m := _IPY_SOURCE.match(line):
+            out.append("    " + m["code"].strip())
+        elif re.match(r"^\s+\d+\s", line) and out and out[-1].startswith(("  File", "    ")):
+            continue  # IPython context lines around the one that ran
+        else:
+            out.append(line)
+    return out
+
+
 def parse(text: str, label: str = "text") -> list[Exc]:
     """All exceptions in a blob of output, root cause first: chains oldest first, and an exception
     re-raised by a wrapper (DataLoader worker, torchrun, mp.spawn) after the original it wraps."""
-    lines = CONTROL.sub("", text).splitlines()
+    lines = _normalise(CONTROL.sub("", text).splitlines())
     found: list[Exc] = []
     i = 0
     while i < len(lines):

@@ -41,10 +41,11 @@ PHASE_WORDS = {
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One failure family.  ``message`` is searched in each exception's "Type: message" text (and in every
-    output line when no exception could be parsed); ``line`` in every output line; ``types`` restricts to
-    exception class names; ``frames`` must match one frame and ``site`` the deepest user frame, both as
-    "file|func|source".  ``by_phase`` lets the phase decide the category (a shape error inside a collate
-    function is a data problem); ``facts`` are (template, regex) pairs that pull numbers into the cause."""
+    output line when no exception says what it was, e.g. a traceback cut off before its last line); ``line``
+    in every output line; ``types`` restricts to exception class names; ``frames`` must match one frame,
+    ``site`` the deepest user frame and ``innermost`` the deepest frame of all, each as "file|func|source".
+    ``by_phase`` lets the phase decide the category (a shape error inside a collate function is a data
+    problem); ``facts`` are (template, regex) pairs that pull numbers into the cause."""
 
     name: str
     category: str
@@ -55,6 +56,7 @@ class Rule:
     types: tuple[str, ...] = ()
     frames: str = ""
     site: str = ""
+    innermost: str = ""
     phase: str | None = None
     by_phase: bool = False
     facts: tuple[tuple[str, str], ...] = ()
@@ -63,6 +65,8 @@ class Rule:
 _SIZE = r"([\d.]+ ?[KMGTP]?i?B)"
 _MP_FRAMES = r"multiprocessing/|torch/utils/data/|popen_spawn|resource_sharer"
 _IPC_FRAMES = r"multiprocessing/(?:connection|queues|reduction|resource_sharer)|popen_spawn|resource_sharer"
+_OPTIM_FRAMES = (r"torch/optim/|bitsandbytes/optim/|deepspeed/ops/adam|apex/optimizers/|"
+                 r"transformers/optimization\.py|torch/amp/grad_scaler\.py|torch/cuda/amp/grad_scaler\.py")
 _NET_TYPES = (
     "ConnectionError", "ConnectionResetError", "ConnectionRefusedError", "ConnectionAbortedError", "TimeoutError",
     "URLError", "HTTPError", "SSLError", "SSLCertVerificationError", "MaxRetryError", "NewConnectionError",
@@ -74,6 +78,9 @@ _NET_TYPES = (
 
 RULES: tuple[Rule, ...] = (
     # ---- memory: exhaustion surfaces through many layers (cuBLAS, workers, numpy), so it is tried first
+    Rule("fd_limit", SYSTEM, "too many open files",
+         reason="the fd limit (ulimit -n) or the file_descriptor sharing strategy is exhausted",
+         message=r"Too many open files|\[Errno 24\]|EMFILE|received \d+ items of ancdata"),
     Rule("dataloader_worker_killed", MEMORY, "DataLoader worker killed", phase="data_loading",
          reason="a worker killed by SIGKILL/SIGBUS is the OOM killer or a full /dev/shm; restart with fewer "
                 "workers or more shared memory",
@@ -93,6 +100,10 @@ RULES: tuple[Rule, ...] = (
          message=r"(?i)shared memory|/dev/shm|unable to write to file </torch_|unable to (?:open|mmap|"
                  r"resize) shared|Couldn't open shared file mapping|shm_open|torch_shm_manager",
          line=r"Unexpected bus error encountered in worker|insufficient shared memory"),
+    Rule("disk_full", SYSTEM, "disk full or quota exceeded",
+         reason="ENOSPC/EDQUOT (often mid-checkpoint: 'unexpected pos') clears only when space is freed",
+         message=r"No space left on device|\[Errno 28\]|ENOSPC|Disk quota exceeded|\[Errno 122\]|EDQUOT|"
+                 r"inline_container\.cc.*unexpected pos|PytorchStreamWriter failed writing"),
     Rule("cpu_alloc", MEMORY, "host memory exhausted",
          reason="CPU allocators report ENOMEM in their own words; the host or cgroup is out of RAM",
          message=r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)|std::bad_alloc|"
@@ -149,6 +160,14 @@ RULES: tuple[Rule, ...] = (
                  r"(?i:cudnn error)|illegal memory access|misaligned address|unspecified launch failure|"
                  r"HIP error|CUFFT_|CUSOLVER|Triton Error \[CUDA\]|CUDA driver error"),
     # ---- network: collectives, rendezvous, sockets, HTTP
+    Rule("job_terminated", SYSTEM, "terminated by the scheduler or a signal",
+         reason="time limits, preemption and SIGTERM end a run from outside; resuming is the fix",
+         types=("KeyboardInterrupt", "SignalException"),
+         message=r"Received \d+ death signal|Process \d+ got signal: (?:15|1|2)\b",
+         line=r"DUE TO TIME LIMIT|CANCELLED AT|DUE TO (?:PREEMPTION|JOB REQUEUE)|PREEMPTED|NODE_FAIL|"
+              r"Signal 15 \(SIGTERM\)|received signal 15|^\s*Terminated\s*$|Received (?:15|1|2) death signal|"
+              r"job is preempted|Caught signal SIG(?:TERM|USR[12])"),
+    # ---- checkpoint by location: an error inside torch.load/torch.save frames or naming a weights file
     Rule("nccl_misuse", CONFIG, "invalid NCCL setup (two ranks on one GPU?)",
          reason="duplicate GPUs mean LOCAL_RANK/set_device is wrong; retrying cannot fix it",
          message=r"Duplicate GPU detected|ncclInvalidUsage"),
@@ -158,7 +177,8 @@ RULES: tuple[Rule, ...] = (
                  r"ncclRemoteError|ncclInternalError|NCCL communicator|[Gg]loo|Connection closed by peer|"
                  r"barrier\(\) timed out|monitoredBarrier",
          facts=(("op {}", r"OpType=(\w+)"), ("timeout {} ms", r"Timeout\(ms\)=(\d+)")),
-         line=r"Watchdog caught collective operation timeout|ProcessGroupNCCL.*(?:[Tt]imeout|timed out)|"
+         line=r"Watchdog caught collective operation timeout|NCCL error in: |unhandled system error|"
+              r"ProcessGroupNCCL.*(?:[Tt]imeout|timed out)|"
               r"NCCL WARN .*(?:[Cc]onnection|[Ss]ocket|[Tt]imeout|NET/)"),
     Rule("launcher_env", CONFIG, "distributed launcher environment missing",
          reason="RANK/WORLD_SIZE/MASTER_ADDR unset means the script was not started by torchrun/srun",
@@ -210,13 +230,6 @@ RULES: tuple[Rule, ...] = (
          reason="torch.save of a whole model pickles code objects; save the state_dict instead",
          message=r"(?i)can'?t pickle|cannot pickle|PicklingError|Can't get local object"),
     # ---- system resources: before checkpoint/data rules because ENOSPC or EACCES while saving is the OS
-    Rule("disk_full", SYSTEM, "disk full or quota exceeded",
-         reason="ENOSPC/EDQUOT (often mid-checkpoint: 'unexpected pos') clears only when space is freed",
-         message=r"No space left on device|\[Errno 28\]|ENOSPC|Disk quota exceeded|\[Errno 122\]|EDQUOT|"
-                 r"inline_container\.cc.*unexpected pos|PytorchStreamWriter failed writing"),
-    Rule("fd_limit", SYSTEM, "too many open files",
-         reason="the fd limit (ulimit -n) or the file_descriptor sharing strategy is exhausted",
-         message=r"Too many open files|\[Errno 24\]|EMFILE|received \d+ items of ancdata"),
     Rule("permission", SYSTEM, "permission denied",
          reason="file-system permissions or a read-only mount are an environment problem, not the code's",
          types=("PermissionError",),
@@ -231,12 +244,6 @@ RULES: tuple[Rule, ...] = (
                  r"Floating point exception|SIGFPE|SIGABRT|core dumped",
          line=r"Fatal Python error:|Segmentation fault|core dumped|^\s*Bus error\s*$|Illegal instruction|"
               r"Floating point exception|received signal SIG(?:SEGV|BUS|ILL|FPE|ABRT)"),
-    Rule("job_terminated", SYSTEM, "terminated by the scheduler or a signal",
-         reason="time limits, preemption and SIGTERM end a run from outside; resuming is the fix",
-         types=("KeyboardInterrupt",),
-         line=r"DUE TO TIME LIMIT|CANCELLED AT|DUE TO PREEMPTION|PREEMPTED|NODE_FAIL|Signal 15 \(SIGTERM\)|"
-              r"received signal 15|^\s*Terminated\s*$"),
-    # ---- checkpoint by location: an error inside torch.load/torch.save frames or naming a weights file
     Rule("ckpt_file_missing", CKPT, "checkpoint file not found",
          reason="a missing weights file is a path/resume problem, not a data problem",
          message=r"^(?:\w+\.)*(?:FileNotFoundError|OSError|IsADirectoryError): .*\.(?:pt|pth|ckpt|bin|"
@@ -278,6 +285,18 @@ RULES: tuple[Rule, ...] = (
                  r"must be one of|expected one of|supported (?:values|options|models|types) (?:are|:)|"
                  r"invalid (?:model|optimi[sz]er|scheduler|dataset|backbone|arch\w*|choice)\b|"
                  r"is not supported\. (?:available|choose|supported)"),
+    Rule("config_missing_setting", CONFIG, "a required setting is missing or inconsistent",
+         reason="libraries check their settings up front (Lightning's MisconfigurationException, a config "
+                "module's assertion, 'requires an eval_dataset'); the same settings fail on every retry",
+         types=("MisconfigurationException", "ConfigurationError", "ConfigError", "InvalidConfigError"),
+         message=r"(?m)^(?:\w+\.)*(?:ValueError|AssertionError|TypeError): .*(?:\brequires an? \w+|"
+                 r"must (?:be )?(?:specified|provided|set)\b|(?:is|are) not (?:set|specified)\b|"
+                 r"please (?:specify|provide|set) )|could not find the monitored key|"
+                 r"Check batch related parameters|train_batch_size is not equal to"),
+    Rule("config_module_assert", CONFIG, "a library rejected its configuration",
+         reason="an assertion or ValueError raised in a library's config module is a bad setting, not a bug",
+         types=("AssertionError", "ValueError"),
+         innermost=r"/(?:\w+_)?config(?:uration)?(?:_\w+)?\.py\||/configs?/|/arguments?\.py\||training_args\.py\|"),
     Rule("config_attribute", CONFIG, "a configuration entry is missing",
          reason="an argparse Namespace or config object without the attribute means a missing option",
          message=r"'(?:Namespace|DictConfig|ListConfig|EasyDict|AttrDict|Config|ConfigDict|Munch|Args|Arguments|"
@@ -357,6 +376,10 @@ RULES: tuple[Rule, ...] = (
     Rule("data_file_missing", DATA, "data file not found", phase="data_loading",
          reason="a missing file that is neither a checkpoint nor a config is a dataset path",
          types=("FileNotFoundError",), message=r"No such file or directory"),
+    Rule("optimizer_component", OPTIM, "", phase="optimization_step",
+         reason="an error raised inside optimizer or scheduler code (its construction included) with no more "
+                "specific rule belongs to the optimizer, whichever phase the loop was in",
+         innermost=_OPTIM_FRAMES),
     Rule("by_phase", UNKNOWN, "", by_phase=True,
          reason="a generic exception is attributed to the phase it was raised in; without one it is unknown"),
 )
@@ -366,8 +389,15 @@ RULES: tuple[Rule, ...] = (
 # only apply when no strong hint exists, because a forward inside validate() is validation.
 FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
     ("forward_pass", False, r"torch/utils/checkpoint\.py"),
+    ("initialization", True, r"(?:torch|bitsandbytes)/optim/[^|]*\|__init__\|"),
+    ("optimization_step", True,
+     r"torch/optim/|bitsandbytes/optim/|deepspeed/ops/adam|apex/optimizers/|transformers/optimization\.py|"
+     r"\|(?:get|create|build|make|configure|init|setup)_?(?:optimi[sz]ers?|scheduler|lr_scheduler)\w*\|"),
+    ("validation", True,
+     r"/evaluation/|/evaluators?/|\w*_?eval(?:uator|uation)?\w*\.py\||\|(?:compute_metrics|on_sanity_check\w*|"
+     r"\w*evaluation_loop|\w*(?:validation|test)_step\w*|\w*_?(?:eval|evaluate|validate)_\w+|_run_sanity_check)\|"),
     ("initialization", True,
-     r"torch/optim/[^|]*\|__init__\||argparse\.py|hydra/|\|(?:parse_args|parse_config|load_config|get_config|"
+     r"argparse\.py|hydra/|\|(?:parse_args|parse_config|load_config|get_config|"
      r"init_distributed\w*|init_process_group|setup_ddp)\|"),
     ("data_loading", True,
      r"torch/utils/data/|/datasets/|torchvision/(?:datasets|io|transforms)/|/PIL/|\|(?:__getitems?__|__next__|"
@@ -375,7 +405,7 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
      r"get_item)\|"),
     ("backward_pass", True, r"\.backward\(|autograd\.grad\(|torch/autograd/|\|backward\||manual_backward"),
     ("optimization_step", True,
-     r"torch/optim/|\w*(?:optim|opt|optimizer|scaler|sched\w*)\.step\(|\.zero_grad\(|clip_grad_norm_|\|"
+     r"\w*(?:optim|opt|optimizer|scaler|sched\w*)\.step\(|\.zero_grad\(|clip_grad_norm_|\|"
      r"optimizer_step\|"),
     ("initialization", True,
      r"torch/serialization\.py\|(?!_?(?:legacy_)?save)|torch\.load\(|\.load_state_dict\(|\|load_model\||"
@@ -397,7 +427,17 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
 # backward it says forward_pass (the next batch's loading, the forward, the loss and the script's own code
 # all run there), and a checkpoint loaded before the first step reads as data loading.  Frames that show
 # a phase win over these readings.
+# Phase hints from output lines and exception messages, when no frame names one: loops log where they are.
+LINE_PHASES: tuple[tuple[str, str], ...] = (
+    ("validation", r"^(?:Testing|Validation|Validating|Evaluating|Evaluation|Sanity Checking)\b.*DataLoader|"
+                   r"Sanity Checking|sanity check|\bd2\.evaluation\b|Evaluating predictions|"
+                   r"\b(?:validation|test|eval)_step\(\)|validation_epoch_end|on_validation_\w+|compute_metrics"),
+)
+
 COARSE_PHASES = frozenset({"forward_pass"})
+# A frame's phase is finer than the probe's, except inside these: a forward or a step run by validation is
+# still validation.
+ENCLOSING_PHASES = frozenset({"validation"})
 PHASE_REFINEMENTS = frozenset({("data_loading", "initialization")})
 
 # Hangs: (name, category, summary, reason, regex over a frame), checked from the innermost frame outwards.
