@@ -286,6 +286,29 @@ def list_runs(
         tables.print_list(rows)
 
 
+@app.command("export")
+def export_cmd(
+    exps: Annotated[list[str] | None, typer.Argument(help="Experiments (default: the newest).",
+                                                     show_default=False)] = None,
+    to: Annotated[str, typer.Option("--to", help="parquet, tensorboard or mlflow.")] = "parquet",
+    out: Annotated[str | None, typer.Option("--out", "-o", show_default=False, help="Folder (parquet, "
+                                            "tensorboard; default tlog_export/<target>) or MLflow tracking URI "
+                                            "(default sqlite:///mlflow.db).")] = None,
+    log_dir: LogDir = DEFAULT_LOG_DIR,
+    every: Annotated[bool, typer.Option("--all", help="Every experiment in the log dir.")] = False,
+) -> None:
+    """Write runs out as Parquet tables, TensorBoard event files or MLflow runs; again replaces, never duplicates."""
+    from tlog.export import ExportError, export
+    from tlog.store.layout import list_experiments
+
+    dirs = list_experiments(log_dir) if every else [_resolve(e, log_dir) for e in exps or [None]]
+    try:
+        for place in export(dirs, to, out):
+            typer.echo(f"exported to {place}")
+    except ExportError as exc:
+        raise Fail(str(exc), 2) from None
+
+
 config_app = typer.Typer(no_args_is_help=True, help="Settings files: tlog.toml or [tool.tlog] in pyproject.toml.")
 app.add_typer(config_app, name="config")
 

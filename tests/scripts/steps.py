@@ -1,7 +1,7 @@
 """A tiny real training loop that prints each step's loss exactly, for comparison with tlog's record.
 
 Options: --epochs N, --crash-at STEP (raise mid-epoch), --sleep S (per step), --log-acc (tlog.log accuracy),
---hold (sleep forever after N steps, printing READY), --no-save.
+--hold (sleep forever after N steps, printing READY), --no-save, --val (tlog.log validation_loss each epoch).
 """
 
 import argparse
@@ -21,6 +21,7 @@ p.add_argument("--sleep", type=float, default=0.0)
 p.add_argument("--log-acc", action="store_true")
 p.add_argument("--hold-at", type=int, default=-1)
 p.add_argument("--save", default="")
+p.add_argument("--val", action="store_true")
 args = p.parse_args()
 
 torch.manual_seed(0)
@@ -51,6 +52,10 @@ for epoch in range(args.epochs):
             time.sleep(3600)
         if args.sleep:
             time.sleep(args.sleep)
+    if args.val:
+        import tlog
+
+        tlog.log(validation_loss=loss.item() * 1.5)
     if args.save:
         torch.save(model.state_dict(), args.save.format(epoch=epoch))
 print("DONE", file=sys.stderr)

@@ -78,6 +78,7 @@ class Scan:
         self.epoch: float = _num(pos.get("epoch"))
         self.total_batches: float | None = pos.get("total_batches")
         self.events: int = pos.get("events", 0)
+        self.attempt: int | None = pos.get("attempt")
         self.markers: dict[str, list[dict]] = {"errors": [], "attempts": [], **index.get("markers", {})}
         self.series: dict[str, _Series] = {}
         for name, s in index.get("series", {}).items():
@@ -104,6 +105,9 @@ class Scan:
         if rank is not None and rank != self.rank:
             return
         self.events += 1
+        attempt = event.get("attempt")
+        if attempt != self.attempt:
+            self._new_attempt(attempt)
         step = event.get("step")
         flags = 0 if event.get("src") == "auto" else _EXPLICIT
         if step is None:
@@ -136,6 +140,15 @@ class Scan:
                     continue
                 series.buf.extend(p)
             series.pending, series.flags = (step, epoch, t, value), flags
+
+    def _new_attempt(self, attempt: int | None) -> None:
+        """A restart repeats steps: the last attempt's pending points are final, not merged with the new ones."""
+        if self.attempt is not None:
+            for series in self.series.values():
+                if series.pending is not None:
+                    series.buf.extend(series.pending)
+                    series.pending = None
+        self.attempt = attempt
 
     def _system(self, event: dict) -> None:
         if event.get("node"):  # a multi-node run: each node samples its own machine; the series are node 0's
@@ -200,7 +213,8 @@ class Scan:
             "version": VERSION, "byteorder": sys.byteorder, "events_bytes": self.offset,
             "events_ino": events.st_ino, "check": check.hex(),
             "pos": {"t0": self.t0, "step": self.step, "epoch": protocol.finite(self.epoch),
-                    "total_batches": self.total_batches, "events": self.events},
+                    "total_batches": self.total_batches, "events": self.events,
+                    "attempt": self.attempt},
             "markers": self.markers,
             "series": {name: {"id": s.id, "n": s.n + len(s.buf) // 4,
                               "pending": None if s.pending is None else [*map(protocol.finite, s.pending), s.flags]}

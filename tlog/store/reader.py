@@ -28,12 +28,14 @@ class ReadStats:
 
 
 def iter_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0,
-                name: str = layout.EVENTS) -> Iterator[dict]:
+                name: str = layout.EVENTS, skip: tuple[bytes, ...] = ()) -> Iterator[dict]:
     """Every complete, well-formed event of ``events.jsonl`` (or of the events file ``name``), in order (from
-    byte ``start``, a line start)."""
+    byte ``start``, a line start); lines holding one of ``skip`` (e.g. ``b'"kind":"metrics"'``) are not parsed,
+    for readers that want the rare events of a long run."""
     stats = stats if stats is not None else ReadStats()
     loads = protocol.loads
-    for line, complete in _lines(exp_dir / name, start, stats):
+    lines = _lines(exp_dir / name, start, stats) if not skip else _lines_without(exp_dir / name, skip, start, stats)
+    for line, complete in lines:
         if not complete:
             stats.partial_tail = True
             return
@@ -48,7 +50,8 @@ def iter_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0,
             stats.malformed += 1
 
 
-def iter_all_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0) -> Iterator[dict]:
+def iter_all_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 0,
+                    skip: tuple[bytes, ...] = ()) -> Iterator[dict]:
     """The events of every node of the run, merged by time; a single-node run's are ``iter_events``'s.
 
     Each node's supervisor appends its own file in time order, so a k-way merge keeps the whole run in
@@ -56,11 +59,11 @@ def iter_all_events(exp_dir: Path, stats: ReadStats | None = None, start: int = 
     """
     nodes = layout.node_ids(exp_dir)
     if not any(nodes):
-        return iter_events(exp_dir, stats, start)
+        return iter_events(exp_dir, stats, start, skip=skip)
     if start:
         raise ValueError("a byte offset cannot resume a merge of several nodes' events")
     stats = stats if stats is not None else ReadStats()
-    files = [iter_events(exp_dir, stats, name=layout.node_file(layout.EVENTS, n)) for n in nodes]
+    files = [iter_events(exp_dir, stats, name=layout.node_file(layout.EVENTS, n), skip=skip) for n in nodes]
     return heapq.merge(*files, key=_event_time)
 
 
@@ -86,6 +89,28 @@ def _lines(path: Path, start: int = 0, stats: ReadStats | None = None) -> Iterat
         if stats is not None:
             stats.end = f.tell() - len(rest)
         if rest.strip():
+            yield rest, False
+
+
+def _lines_without(path: Path, skip: tuple[bytes, ...], start: int, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
+    """``_lines`` less those holding one of ``skip``, filtered a chunk at a time (a fifth of the per-line cost)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return
+    with f:
+        f.seek(start)
+        rest = b""
+        while chunk := f.read(CHUNK * 8):
+            parts = (rest + chunk).split(b"\n")
+            rest = parts.pop()
+            for s in skip:
+                parts = [part for part in parts if s not in part]
+            for part in parts:
+                if part:
+                    yield part, True
+        stats.end = f.tell() - len(rest)
+        if rest.strip() and not any(s in rest for s in skip):
             yield rest, False
 
 
