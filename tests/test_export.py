@@ -126,3 +126,21 @@ def test_unknown_target_is_one_line(run: Runner) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["tlog: error: unknown export target 'wandb': use one of parquet, "
                                                 "tensorboard, mlflow"]
+
+
+def test_load_returns_frames_or_plain_columns(run: Runner) -> None:
+    import tlog
+
+    rows = csv_rows(run)
+    by_path = tlog.load(run.exp("exp"))
+    assert by_path.status == "failed" and by_path.name == "exp"
+    frame = by_path.metrics
+    assert list(frame["step"]) == [int(r["step"]) for r in rows]
+    assert list(frame["loss"]) == [float(r["loss"]) for r in rows]
+    assert str(frame["time"].dt.tz) == "UTC" and frame["time"].iloc[0].year >= 2024
+    assert list(by_path.errors["attempt"]) == [1, 2]
+    assert by_path.config["args"]["crash_at"] == 6
+    assert "rss_mb" in by_path.system.columns
+    plain = tlog.load("exp", log_dir=run.log_dir, pandas=False)
+    assert isinstance(plain.metrics, dict) and plain.metrics["loss"].tolist() == [float(r["loss"]) for r in rows]
+    assert [e["step"] for e in plain.errors] == [6, 6]

@@ -16,7 +16,7 @@ from typing import Any
 from tlog.hook import emitter as _emitter
 
 __version__ = "0.1.0"
-__all__ = ["checkpoint", "config", "log", "phase", "resume_checkpoint"]
+__all__ = ["checkpoint", "config", "load", "log", "phase", "resume_checkpoint"]
 
 _COMPAT = frozenset({
     "TrainingLoggingManager", "TrainingLogger", "TrainingProgressTracker", "ErrorInfo",
@@ -66,6 +66,15 @@ def checkpoint(path: str | os.PathLike, **info: Any) -> None:
 def resume_checkpoint() -> str | None:
     """The newest complete checkpoint of a previous attempt, when tlog restarted this run."""
     return os.environ.get("TLOG_RESUME_CHECKPOINT") or None
+
+
+def load(experiment: str | os.PathLike, log_dir: str | os.PathLike | None = None, pandas: bool | None = None) -> Any:
+    """A run's metrics, resource samples, errors, config and status, for a notebook: see ``tlog.loading``.
+
+    Imported here on first call only, so a training script's ``import tlog`` pulls in nothing heavy."""
+    from tlog.loading import load as _load
+
+    return _load(experiment, log_dir, pandas)
 
 
 def __getattr__(name: str) -> Any:
