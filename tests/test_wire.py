@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import orjson
 import pytest
 
 from tlog import protocol
@@ -19,8 +21,8 @@ def test_encode_decode_roundtrip_with_nonfinite() -> None:
 
 
 def test_bare_object_is_metrics_with_context_lifted() -> None:
-    event = protocol.decode(b'{"step": 7, "epoch": 1, "loss": 0.25, "t": 12.5}')
-    assert event == {"kind": "metrics", "step": 7, "epoch": 1, "t": 12.5, "data": {"loss": 0.25}}
+    event = protocol.decode(b'{"step": 7, "epoch": 1, "loss": 0.25, "t": 1.7e9}')
+    assert event == {"kind": "metrics", "step": 7, "epoch": 1, "t": 1.7e9, "data": {"loss": 0.25}}
 
 
 @pytest.mark.parametrize("payload, why", [
@@ -29,10 +31,53 @@ def test_bare_object_is_metrics_with_context_lifted() -> None:
     (b'{"kind": "bogus", "data": {}}', "unknown event kind"),
     (b'{"kind": "metrics", "data": 5}', "'data' must be"),
     (b'{"step": "seven", "loss": 1}', "'step' must be an integer"),
+    (b'{"step": 1e300, "loss": 1}', "'step' must be an integer"),
+    (b'{"kind": "metrics", "epoch": 1e30, "data": {}}', "'epoch' must be an integer"),
+    (b'{"rank": 18446744073709551616, "loss": 1}', "'rank' must be an integer"),
+    (b'{"t": 1e20, "loss": 1}', "'t' must be a wall time"),
+    (b'{"t": -5, "loss": 1}', "'t' must be a wall time"),
+    (b'{"kind": "warning", "data": {"message": {"a": 1}, "category": "x"}}', "'message' must be str"),
+    (b'{"kind": "warning", "data": {"category": ["x"]}}', "'category' must be str"),
+    (b'{"kind": "meta", "data": {"pid": "1"}}', "'pid' must be int"),
+    (b'{"kind": "meta", "data": {"argv": [1]}}', "'argv' must be a list of strings"),
+    (b'{"kind": "phase", "data": {"phase": 3}}', "'phase' must be str"),
+    (b'{"loss": [1, 2]}', "must be a number"),
+    (b'{"kind": "attempt", "data": {"event": "exit", "status": "failed"}}', "unknown event kind"),
+    (b'{"kind": "system", "data": {"rss_mb": 1}}', "unknown event kind"),
+    (b'{"kind": "restart", "data": {}}', "unknown event kind"),
+    (b'{"kind": ["metrics"], "data": {}}', "unknown event kind"),
+    (b"[" * 100000, "not JSON"),
+    (b'{"loss": "\xff"}', "not JSON"),
 ])
 def test_malformed_payloads_raise_wire_error(payload: bytes, why: str) -> None:
     with pytest.raises(protocol.WireError, match=why):
         protocol.decode(payload)
+
+
+def test_values_are_bounded_and_numbers_normalised() -> None:
+    event = protocol.decode(b'{"kind": "metrics", "step": 3.0, "node": 5, "attempt": 9, "data": {"%s": 1, "big": %d, '
+                            b'"yes": true, "inf": "inf"}}' % (b"k" * 5000, 1 << 70))
+    assert event["step"] == 3 and "node" not in event and "attempt" not in event, "supervisor-only keys dropped"
+    assert set(event["data"]) == {"k" * protocol.MAX_KEY, "big", "yes", "inf"}
+    assert event["data"]["big"] == float(1 << 70) and event["data"]["yes"] == 1 and event["data"]["inf"] == "inf"
+    crash = protocol.decode(b'{"kind": "crash", "data": {"traceback": "%s", "x": [1.5]}}' % (b"t" * 100000))
+    assert len(crash["data"]["traceback"]) == protocol.MAX_STR and crash["data"]["x"] == [1.5]
+
+
+@pytest.mark.parametrize("loads", [json.loads, orjson.loads], ids=["stdlib", "orjson"])
+def test_what_decode_returns_always_encodes(monkeypatch: pytest.MonkeyPatch, loads: object) -> None:
+    """Both parsers: huge ints, NaN, infinities come out refused or as values the store can write."""
+    monkeypatch.setattr(protocol, "loads", loads)
+    payloads = [b'{"kind": "config", "data": {"seed": %d, "deep": [[{"n": NaN}]]}}' % (1 << 64),
+                b'{"kind": "crash", "data": {"x": -Infinity, "y": 1e999}}', b'{"loss": 1e999, "acc": NaN}',
+                b'{"kind": "checkpoint", "data": {"path": "p", "bytes": %d}}' % (1 << 65), b'{"t": NaN, "a": 1}']
+    for payload in payloads:
+        try:
+            event = protocol.decode(payload)
+        except protocol.WireError:
+            continue
+        orjson.loads(orjson.dumps(event))
+        json.dumps(event, allow_nan=False)
 
 
 def test_splitter_separates_events_and_output() -> None:

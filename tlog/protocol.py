@@ -12,8 +12,8 @@ script can simply ``echo '@tlog {"loss": 0.5}'``.
 
 Schema of the JSON object (every key but ``kind``/``data`` optional):
 
-``kind``    metrics | phase | config | checkpoint | crash | meta | warning
-            (child) — system | attempt | error | restart (supervisor).
+``kind``    metrics | phase | config | checkpoint | crash | meta | warning | error
+            (child) — system | attempt | error | restart (supervisor; refused from the child).
 ``t``       wall time, seconds since the epoch (the supervisor stamps it if absent).
 ``step``    global step; ``epoch``, ``batch``: position in the loop.
 ``rank``    distributed rank (``local_rank``, ``world_size`` likewise).
@@ -24,6 +24,7 @@ Schema of the JSON object (every key but ``kind``/``data`` optional):
 A JSON object with neither ``kind`` nor ``data`` is a bare metrics event: its
 ``t``/``step``/``epoch``/``batch``/``rank`` keys are lifted out and the rest is
 the payload.  Non-finite numbers travel as the strings "nan", "inf", "-inf".
+``decode`` validates (see there): a line it refuses is kept as output.
 
 This module is imported by the child: standard library (and orjson) only.
 """
@@ -70,11 +71,30 @@ MARKER = b"@tlog "
 SEP = b"\x1e"
 EMIT_PREFIX = SEP + MARKER
 
-CHILD_KINDS = frozenset({"metrics", "phase", "config", "checkpoint", "crash", "meta", "warning"})
+# ``error`` is both: the seed API's handled errors come from the child, failures from the supervisor.
+CHILD_KINDS = frozenset({"metrics", "phase", "config", "checkpoint", "crash", "meta", "warning", "error"})
 SUPERVISOR_KINDS = frozenset({"system", "attempt", "error", "restart"})
 KINDS = CHILD_KINDS | SUPERVISOR_KINDS
 CONTEXT_KEYS = ("t", "step", "epoch", "batch", "rank", "local_rank", "world_size", "attempt", "src")
-_INT_KEYS = frozenset({"step", "epoch", "batch", "rank", "local_rank", "world_size", "attempt"})
+_POSITION_KEYS = ("step", "epoch", "batch", "rank", "local_rank", "world_size")  # "attempt" is the supervisor's
+MAX_POSITION = 1 << 53
+MAX_INT = 1 << 63
+MIN_T, MAX_T = 1e9, 1 << 33  # seconds since the epoch: 2001 to 2242
+MAX_KEY = 200  # characters of a key (metric names included) or a metric's string value
+MAX_STR = 1 << 16  # characters of a string in a payload (a traceback)
+MAX_DEPTH = 16
+MAX_METRICS = 1000
+_STR, _INT = (str,), (int,)
+_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {  # what the supervisor reads of each child kind
+    "phase": {"phase": _STR, "total_batches": _INT, "total_epochs": _INT},
+    "checkpoint": {"path": _STR, "bytes": _INT, "epoch_complete": (bool,)},
+    "crash": {"type": _STR, "message": _STR, "traceback": _STR, "phase": _STR, "category": _STR},
+    "warning": {"message": _STR, "category": _STR},
+    "error": {"category": _STR, "phase": _STR, "error_message": _STR, "error_type": _STR, "traceback": _STR,
+              "update_of": _STR, "id": _STR, "root_cause_rank": _INT, "peer_lost": (bool,)},
+    "meta": {"pid": _INT, "argv": (list,), "host": _STR, "restart_count": _INT, "launcher": _STR,
+             "launcher_pid": _INT, "cwd": _STR, "supervisor_pid": _INT},
+}
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf,
               "NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -135,45 +155,109 @@ def find_marker(line: bytes) -> int:
 
 
 def decode(payload: bytes, now: float | None = None) -> dict:
-    """Parse the JSON after the marker into a normalised event dict (raises WireError)."""
+    """Parse and validate the JSON after the marker into a normalised event (raises WireError, nothing else).
+
+    This is the boundary: what it returns is typed as declared (positions are ints in range, ``t`` a plausible
+    wall time, the fields the supervisor reads of each kind have their types, strings and keys are bounded),
+    so nothing the child sends can raise further on or pass for the supervisor's own events.
+    """
     try:
         obj = loads(payload)
-    except (JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
-        raise WireError(f"not JSON: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - JSON errors, invalid UTF-8, nesting past the parser's limit
+        raise WireError(f"not JSON: {exc!r}"[:200]) from None
     if obj.__class__ is not dict:
         raise WireError("an event must be a JSON object")
     if "kind" in obj or "data" in obj:
         kind = obj.get("kind", "metrics")
-        if kind not in KINDS:
-            raise WireError(f"unknown event kind {kind!r}")
+        if kind.__class__ is not str or kind not in CHILD_KINDS:
+            raise WireError(f"unknown event kind {str(kind)[:40]!r}")
         data = obj.get("data")
         if data is None:
-            obj["data"] = data = {}
+            data = {}
         elif data.__class__ is not dict:
             raise WireError("'data' must be a JSON object")
-        obj["kind"] = kind
     else:
-        obj = _lift_bare(obj)
-    for key in _INT_KEYS.intersection(obj):
-        value = obj[key]
-        if value is not None and value.__class__ is not int:
-            obj[key] = _as_int(key, value)
+        kind, data = "metrics", obj
+        obj = {key: data.pop(key) for key in CONTEXT_KEYS if key in data}
+    event: dict[str, Any] = {"kind": kind}
+    for key in _POSITION_KEYS:
+        value = obj.get(key)
+        if value is not None:
+            event[key] = _position(key, value)
+    src = obj.get("src")
+    if src is not None:
+        if src.__class__ is not str:
+            raise WireError("'src' must be a string")
+        event["src"] = src[:MAX_KEY]
     t = obj.get("t")
-    if t is None or t.__class__ not in (float, int):
-        obj["t"] = time.time() if now is None else now
-    return obj
-
-
-def _lift_bare(obj: dict) -> dict:
-    event = {"kind": "metrics"}
-    for key in CONTEXT_KEYS:
-        if key in obj:
-            event[key] = obj.pop(key)
-    event["data"] = obj
+    if t is None or t.__class__ is str:
+        t = time.time() if now is None else now
+    elif t.__class__ not in (float, int) or not MIN_T <= t < MAX_T:
+        raise WireError("'t' must be a wall time in seconds since the epoch")
+    event["t"] = t
+    event["data"] = _metrics(data) if kind == "metrics" else _payload(kind, data)
     return event
 
 
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise WireError(f"{key!r} must be an integer, got {value!r}")
+def _position(key: str, value: Any) -> int:
+    if value.__class__ is float and value.is_integer():
+        value = int(value)
+    if value.__class__ is not int or not -1 <= value < MAX_POSITION:
+        raise WireError(f"{key!r} must be an integer in [-1, 2**53), got {str(value)[:40]}")
+    return value
+
+
+def _metrics(data: dict) -> dict:
+    """Metric values are scalars: numbers in range, non-finite markers, short strings, None."""
+    if len(data) > MAX_METRICS:
+        raise WireError(f"more than {MAX_METRICS} metrics in one event")
+    clean = {}
+    for key, value in data.items():
+        cls = value.__class__
+        if cls is float:
+            if value - value != 0:
+                value = finite(value)
+        elif cls is int:
+            if not -MAX_INT <= value < MAX_INT:
+                value = float(value)
+                if value - value != 0:
+                    raise WireError(f"metric {key[:40]!r} is out of range")
+        elif cls is str:
+            value = value[:MAX_KEY]
+        elif cls is bool:
+            value = int(value)
+        elif value is not None:
+            raise WireError(f"metric {key[:40]!r} must be a number, got {cls.__name__}")
+        clean[key[:MAX_KEY]] = value
+    return clean
+
+
+def _payload(kind: str, data: dict) -> dict:
+    """Any JSON payload, bounded; the fields the supervisor reads must have their declared types."""
+    clean = _bounded(data, 0)
+    for key, types in _FIELDS.get(kind, {}).items():
+        value = clean.get(key)
+        if value is not None and value.__class__ not in types:
+            raise WireError(f"{kind} field {key!r} must be {' or '.join(t.__name__ for t in types)}")
+    if kind == "meta" and clean.get("argv") is not None and any(a.__class__ is not str for a in clean["argv"]):
+        raise WireError("meta field 'argv' must be a list of strings")
+    return clean
+
+
+def _bounded(value: Any, depth: int) -> Any:
+    cls = value.__class__
+    if cls is str:
+        return value[:MAX_STR]
+    if cls is dict:
+        if depth >= MAX_DEPTH:
+            raise WireError("payload nested too deep")
+        return {key[:MAX_KEY]: _bounded(item, depth + 1) for key, item in value.items()}
+    if cls is list:
+        if depth >= MAX_DEPTH:
+            raise WireError("payload nested too deep")
+        return [_bounded(item, depth + 1) for item in value]
+    if cls is float:
+        return value if value - value == 0 else finite(value)
+    if cls is int and not -MAX_INT <= value < MAX_INT:
+        raise WireError("an integer out of the 64-bit range")
+    return value

@@ -136,6 +136,7 @@ class SummaryBuilder:
         self.attempts: list[dict[str, Any]] = []
         self.status = "unknown"
         self.stop_reason: str | None = None
+        self.malformed_events = 0
         self.checkpoints = 0
         self.newest_checkpoint: dict[str, Any] | None = None
         self.errors: list[dict[str, Any]] = []
@@ -260,6 +261,7 @@ class SummaryBuilder:
                                                      "last_step")
                             if data.get(k) is not None})
             self.stop_reason = data.get("stop_reason")
+            self.malformed_events += data.get("malformed_events") or 0
             if data.get("peaks"):
                 self.peak_detail = data["peaks"]
             current["end"] = event.get("t")
@@ -355,6 +357,7 @@ class SummaryBuilder:
             "checkpoints": {"count": self.checkpoints, "newest": self.newest_checkpoint},
             "errors": {"count": self.errors_total, "by_category": by_category, "items": self.errors[-20:]},
             "warnings": {"count": sum(self.warnings.values()), "by_category": dict(self.warnings)},
+            "malformed_events": self.malformed_events,  # marked lines refused at the boundary, kept as output
             "resources": {"peaks": dict(self.peaks), "detail": self.peak_detail},
             "command": self.meta.get("argv"),
             "meta": self.meta,

@@ -61,11 +61,13 @@ class LineSplitter:
         self.echoed = 0
         self.carry = b""
         self.malformed = 0
+        self.event_lines: list[bytes] = []  # the raw lines of the events of the last feed/finish, in order
 
     def feed(self, chunk: bytes) -> tuple[list[dict], list[bytes], bytes]:
         """Events, complete output lines (for the log) and bytes to echo, for one chunk."""
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
+        self.event_lines = []
         events: list[dict] = []
         out: list[bytes] = []
         echo: list[bytes] = []
@@ -83,6 +85,7 @@ class LineSplitter:
         events: list[dict] = []
         out: list[bytes] = []
         echo: list[bytes] = []
+        self.event_lines = []
         if self.partial:
             raw, self.partial = self.partial, b""
             self._line(raw, events, out, echo)
@@ -99,11 +102,11 @@ class LineSplitter:
             prefix = raw[: i - 1] if i else b""
             try:
                 events.append(protocol.decode(raw[i + _MARKER_LEN:]))
-            except protocol.WireError:
+            except Exception:  # noqa: BLE001 - WireError; anything else is no reason to lose the stream either
                 self.malformed += 1
-                i = -1
                 raw = raw.replace(protocol.SEP, b"")
             else:
+                self.event_lines.append(raw)
                 if len(prefix) > self.echoed:
                     echo.append(prefix[self.echoed:])
                 self.echoed = 0
@@ -146,19 +149,29 @@ class StreamReader(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        splitter = self.splitter
         try:
             while chunk := os.read(self.fd, READ_SIZE):
-                self._handle(*self.splitter.feed(chunk))
+                self._chunk(splitter.feed, chunk)
                 if len(chunk) < SMALL_READ:
                     time.sleep(COALESCE_S)
-            self._handle(*self.splitter.finish())
-        except Exception as exc:  # noqa: BLE001 - recorded; the supervisor reports it once
+            self._chunk(splitter.finish)
+        except OSError as exc:  # the pipe itself failed: recorded, the supervisor reports it once
             self.error = exc
         finally:
             try:
                 os.close(self.fd)
             except OSError:
                 pass
+
+    def _chunk(self, split: Callable[..., tuple[list[dict], list[bytes], bytes]], *chunk: bytes) -> None:
+        """One chunk; a failure handling it is recorded (reported once) and the stream goes on, since a
+        reader that stopped would close the pipe and kill the child on its next print."""
+        try:
+            self._handle(*split(*chunk))
+        except Exception as exc:  # noqa: BLE001 - see above
+            if self.error is None:
+                self.error = exc
 
     def _handle(self, events: list[dict], out: list[bytes], echo: bytes) -> None:
         if echo and self.terminal is not None:
@@ -169,8 +182,21 @@ class StreamReader(threading.Thread):
             self.on_output(self.stream, lines)
         if events:
             self.events += len(events)
-            self.on_events(events)
+            try:
+                self.on_events(events)
+            except Exception:  # noqa: BLE001 - an event the store could not take: find it, keep it as output
+                self._one_by_one(events, self.splitter.event_lines)
         self.on_chunk_done()
+
+    def _one_by_one(self, events: list[dict], raws: list[bytes]) -> None:
+        """Deliver each event alone; one that still fails is kept verbatim in training.log, counted malformed."""
+        for event, raw in zip(events, raws, strict=True):
+            try:
+                self.on_events([event])
+            except Exception:  # noqa: BLE001 - that line is the culprit
+                self.events -= 1
+                self.splitter.malformed += 1
+                self.on_output(self.stream, [log_text(raw.replace(protocol.SEP, b""))])
 
 
 def start_readers(proc: subprocess.Popen, on_events: OnEvents, on_output: OnOutput, terminal: Terminal | None,

@@ -289,7 +289,8 @@ class Session:
         exit_data = {"event": "exit", "attempt": attempt, "exit_code": exit_code, "signal": sig,
                      "signal_name": launch.signal_name(sig) or None, "status": status,
                      "oom_kill_delta": oom_delta, "last_step": self.writer.position()["step"],
-                     "peaks": self.monitor.peaks()}
+                     "peaks": self.monitor.peaks(),
+                     "malformed_events": sum(reader.splitter.malformed for reader in readers) or None}
         if error is not None:
             exit_data["cause"] = error["cause"]
         if forwarded is not None:

@@ -1,0 +1,35 @@
+"""Whatever the child sends, the supervisor's reader goes on and its verdict is its own (real processes)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from conftest import Runner, clean_env, script, tlog_cmd
+
+HOSTILE = 10_000
+
+
+def test_ten_thousand_hostile_lines_leave_the_run_and_its_verdict_alone(runner: Runner) -> None:
+    res = subprocess.run(tlog_cmd("run", "--no-panel", "--name", "fuzz", script("hostile_lines.py"), str(HOSTILE),
+                                  "15"), cwd=runner.cwd, capture_output=True, env=clean_env(), timeout=120)
+    stderr = res.stderr.decode("utf-8", "replace")
+    assert res.returncode == 0, stderr[-2000:]
+    assert "internal error" not in stderr and "Traceback" not in stderr
+    # a line may end with the child's own text after a valid event cut out of it ("partial \x1e@tlog {...}")
+    own = re.findall(rb"(?:^|partial )((?:own|done) \d+)$", res.stdout, re.MULTILINE)
+    assert own == [b"own %d" % i for i in range(0, HOSTILE, 100)] + [b"done %d" % HOSTILE], "the child's output, whole"
+    exp = runner.exp("fuzz")
+    summary = json.loads((exp / "training_summary.json").read_text())
+    assert summary["status"] == "finished" and summary["attempts"][-1]["exit_code"] == 0
+    assert summary["metrics"]["good"]["count"] == HOSTILE // 100, "every real metric recorded"
+    refused = summary["malformed_events"]
+    assert refused > HOSTILE // 2
+    log = (exp / "training.log").read_text()
+    assert log.count("@tlog ") >= refused, "every refused line kept in training.log"
+    events = [json.loads(line) for line in (exp / "events.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["kind"] == "restart" or (e["kind"] == "system" and "status" in e["data"])]
+    attempts = [e["data"]["event"] for e in events if e["kind"] == "attempt"]
+    assert attempts == ["start", "exit"], "no forged attempt event got in"
+    assert max(len(key) for e in events if e["kind"] == "metrics" for key in e["data"]) <= 200, "keys cut"
