@@ -166,7 +166,31 @@ def test_extra_families(name):
     expected, text = EXTRA[name]
     d = classify_text(text)
     assert d.category == expected, (d.rule, d.cause)
-    assert d.transient == (expected in {"memory", "network", "device", "system"})
+    assert d.transient == (expected in {"memory", "network", "device", "system"} and name not in RECUR)
+
+
+# Causes in transient categories that a restart does not fix: the rule's verdict overrides the category's.
+RECUR = {"device_mismatch", "enospc", "rank_prefixed_oom_beats_watchdog"}
+
+
+@pytest.mark.parametrize(("text", "rule", "transient"), [
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "cuda_oom", False),
+    ("OSError: [Errno 24] Too many open files", "fd_limit", False),
+    ("OSError: [Errno 28] No space left on device", "disk_full", False),
+    ("torch.distributed.DistBackendError: [Rank 1] Watchdog caught collective operation timeout: "
+     "WorkNCCL(SeqNum=9, OpType=ALLREDUCE, Timeout(ms)=600000)", "collective_failure", True),
+    ("torch.distributed.DistNetworkError: The client socket has timed out", "rendezvous", True),
+    ("RuntimeError: DataLoader worker (pid 7) is killed by signal: Killed.", "dataloader_worker_killed", True),
+])
+def test_each_cause_says_whether_a_restart_helps(text: str, rule: str, transient: bool) -> None:
+    d = classify_text(text)
+    assert (d.rule, d.transient) == (rule, transient), d.cause
+
+
+def test_kernel_oom_kill_is_transient() -> None:
+    """Killed by the OOM killer while other processes grew: a restart may well get the memory."""
+    d = classify(FailureRecord(signal=9, oom_kill_delta=1))
+    assert (d.category, d.transient) == ("memory", True)
 
 
 def test_cause_names_phase_position_and_numbers():
@@ -174,7 +198,7 @@ def test_cause_names_phase_position_and_numbers():
         exc_type="torch.OutOfMemoryError", phase="backward_pass", epoch=3, batch=120, exit_code=1,
         message="CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of "
                 "which 1.20 GiB is free."))
-    assert d.category == "memory" and d.phase == "backward_pass" and d.transient
+    assert d.category == "memory" and d.phase == "backward_pass" and not d.transient  # recurs at this batch size
     assert d.cause.startswith("CUDA out of memory in backward at epoch 3, batch 120: tried to allocate 2.00 GiB")
     assert "1.20 GiB free" in d.cause
     assert any("reported by the probe" in e for e in d.evidence)

@@ -126,10 +126,20 @@ def test_policy_parse_refuses_bad_values(args: tuple, message: str) -> None:
     assert str(err.value).startswith(message)
 
 
-def test_policy_defaults_restart_the_transient_categories() -> None:
+def test_policy_defaults_follow_each_causes_verdict() -> None:
+    """Without --restart-on the diagnosis decides per cause; --restart-on decides per category."""
     policy = RestartPolicy.parse("on-failure", 3, None, 1.0, 60.0)
-    assert policy.restart_on == ("device", "memory", "network", "system")
-    assert policy.max_attempts == 4
+    assert policy.restart_on is None and policy.max_attempts == 4
+    oom = Failure("failed", "memory", "memory/torch.OutOfMemoryError", 3, transient=False, rule="cuda_oom")
+    killed = Failure("killed", "memory", "memory/sigkill_oom_counter", 3, transient=True)
+    nccl = Failure("failed", "network", "network/DistBackendError", 3, transient=True)
+    bug = Failure("failed", "model_inference", "model_inference/RuntimeError", 3, transient=False)
+    assert [policy.covers(f) for f in (oom, killed, nccl, bug)] == [False, True, True, False]
+    m = transition(transition(Machine(), Started(), policy), Exited(oom), policy)
+    assert (m.state, m.reason) == (State.FAILED, "not restarting: this memory failure (cuda_oom) would recur "
+                                                 "until its cause is fixed; --restart-on memory retries it")
+    memory = RestartPolicy.parse("on-failure", 3, "memory", 1.0, 60.0)
+    assert memory.covers(oom) and not memory.covers(nccl)
 
 
 def test_signature_is_category_and_exception_type() -> None:
@@ -317,6 +327,32 @@ def test_crash_loop_stops_even_when_every_category_may_restart(runner: Runner) -
         (True, False, None), "attempt 2 never got past step 2"
     summary = _json(runner.exp("loop") / "training_summary.json")
     assert (summary["status"], summary["restarts"], summary["stop_reason"]) == ("failed", 1, reason)
+
+
+def test_deterministic_cuda_oom_is_not_retried_unless_asked(runner: Runner) -> None:
+    """A CUDA OOM at a fixed batch size recurs: the default policy stops; --restart-on memory still retries."""
+    base = ("--restart", "on-failure", "--max-restarts", "1", "--backoff", "0.05")
+    res = runner.run("run", "--name", "oom", *base, script("crash_loop.py"), "--fail-at", "2", "--error", "cuda_oom",
+                     "--advance")
+    assert res.returncode == 1 and res.stdout.count("STEP 1") == 1, res.stderr
+    reason = "not restarting: this memory failure (cuda_oom) would recur until its cause is fixed; " \
+             "--restart-on memory retries it"
+    assert f"[tlog] {reason}" in res.stderr
+    (error,) = _json(runner.exp("oom") / "training_errors.json")
+    assert (error["category"], error["rule"], error["transient"]) == ("memory", "cuda_oom", False)
+    res = runner.run("run", "--name", "oom-asked", *base, "--restart-on", "memory", script("crash_loop.py"),
+                     "--fail-at", "2", "--error", "cuda_oom", "--advance")
+    assert res.returncode == 1 and res.stdout.count("STEP 1") == 2, res.stderr
+    assert "restarting (attempt 2 of 2)" in res.stderr
+
+
+def test_emfile_is_system_and_not_worth_a_restart(runner: Runner) -> None:
+    res = runner.run("run", "--name", "fds", "--restart", "on-failure", script("crash_loop.py"), "--fail-at", "2",
+                     "--error", "emfile")
+    assert res.returncode == 1 and res.stdout.count("STEP 1") == 1, res.stderr
+    (error,) = _json(runner.exp("fds") / "training_errors.json")
+    assert (error["category"], error["rule"], error["transient"]) == ("system", "fd_limit", False)
+    assert "Too many open files" in error["error_message"]
 
 
 def test_signal_during_backoff_cancels_the_restart(runner: Runner) -> None:

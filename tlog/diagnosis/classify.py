@@ -196,7 +196,8 @@ def _diagnose(rule: R.Rule, exc: Exc | None, where: str, hit: str, record: Failu
         evidence.append(f"raised at {site.short()}" + (f": {site.source}" if site.source else ""))
     summary = rule.summary or (exc.short_type if exc else "error")
     detail = _facts(rule, hit) or _head(exc.message if exc else hit)
-    return Diagnosis(category, phase, category in R.TRANSIENT, _cause(summary, phase, record, site, detail),
+    transient = R.restartable(rule) if category == rule.category else category in R.TRANSIENT
+    return Diagnosis(category, phase, transient, _cause(summary, phase, record, site, detail),
                      tuple(evidence), rule.name)
 
 

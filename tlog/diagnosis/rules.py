@@ -20,7 +20,8 @@ MEMORY, DEVICE, NETWORK, SYSTEM = "memory", "device", "network", "system"
 DATA, MODEL, LOSS, GRAD = "data_loading", "model_inference", "loss_computation", "gradient_computation"
 OPTIM, CKPT, VALID, CONFIG, UNKNOWN = "optimization", "checkpoint", "validation", "configuration", "unknown"
 
-# A restart may help with these (by convention): the cause lies outside the program's own logic.
+# A restart may help with these (by convention): the cause lies outside the program's own logic.  A rule
+# overrides its category's verdict with ``Rule.transient``; ``restartable`` gives the answer.
 TRANSIENT = frozenset({MEMORY, NETWORK, DEVICE, SYSTEM})
 
 # A generic exception (TypeError, KeyError, ...) belongs to the part of the loop it was raised in.
@@ -50,8 +51,10 @@ class Rule:
     output line when no exception says what it was, e.g. a traceback cut off before its last line); ``line``
     in every output line; ``types`` restricts to exception class names; ``frames`` must match one frame,
     ``site`` the deepest user frame and ``innermost`` the deepest frame of all, each as "file|func|source".
-    ``by_phase`` lets the phase decide the category (a shape error inside a collate function is a data
-    problem); ``facts`` are (template, regex) pairs that pull numbers into the cause."""
+    ``transient`` is the rule's restart verdict where it differs from its category's (a CUDA OOM at a fixed
+    batch size recurs, although memory is transient by default).  ``by_phase`` lets the phase decide the
+    category (a shape error inside a collate function is a data problem); ``facts`` are (template, regex)
+    pairs that pull numbers into the cause."""
 
     name: str
     category: str
@@ -65,6 +68,7 @@ class Rule:
     innermost: str = ""
     phase: str | None = None
     by_phase: bool = False
+    transient: bool | None = None
     facts: tuple[tuple[str, str], ...] = ()
 
 
@@ -85,7 +89,9 @@ _NET_TYPES = (
 RULES: tuple[Rule, ...] = (
     # ---- memory: exhaustion surfaces through many layers (cuBLAS, workers, numpy), so it is tried first
     Rule("fd_limit", SYSTEM, "too many open files",
-         reason="the fd limit (ulimit -n) or the file_descriptor sharing strategy is exhausted",
+         transient=False,
+         reason="the fd limit (ulimit -n) or the file_descriptor sharing strategy is exhausted; a restart hits "
+                "the same limit until it is raised",
          message=r"Too many open files|\[Errno 24\]|EMFILE|received \d+ items of ancdata"),
     Rule("dataloader_worker_killed", MEMORY, "DataLoader worker killed", phase="data_loading",
          reason="a worker killed by SIGKILL/SIGBUS is the OOM killer or a full /dev/shm; restart with fewer "
@@ -93,7 +99,9 @@ RULES: tuple[Rule, ...] = (
          message=r"DataLoader worker \(pids?\(?s?\)? ?[\d, ]+\) is killed by signal: (?:Killed|Bus error)",
          facts=(("by signal: {}", r"killed by signal: (Killed|Bus error)"),)),
     Rule("cuda_oom", MEMORY, "CUDA out of memory",
-         reason="the allocator could not get device memory; the numbers say how far off the batch is",
+         transient=False,
+         reason="the allocator could not get device memory; at a fixed batch size it recurs on every restart "
+                "(NVRx and DLRover do not retry it blindly); the numbers say how far off the batch is",
          message=r"(?:CUDA|HIP|XPU|NPU|MPS backend) out of memory|OutOfMemoryError|CUDA error: out of memory|"
                  r"cudaErrorMemoryAllocation|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|"
                  r"RESOURCE_EXHAUSTED|ResourceExhaustedError|NCCL.*out of memory|"
@@ -107,7 +115,9 @@ RULES: tuple[Rule, ...] = (
                  r"resize) shared|Couldn't open shared file mapping|shm_open|torch_shm_manager",
          line=r"Unexpected bus error encountered in worker|insufficient shared memory"),
     Rule("disk_full", SYSTEM, "disk full or quota exceeded",
-         reason="ENOSPC/EDQUOT (often mid-checkpoint: 'unexpected pos') clears only when space is freed",
+         transient=False,
+         reason="ENOSPC/EDQUOT (often mid-checkpoint: 'unexpected pos') clears only when space is freed, "
+                "so a restart is not worth it until then",
          message=r"No space left on device|\[Errno 28\]|ENOSPC|Disk quota exceeded|\[Errno 122\]|EDQUOT|"
                  r"inline_container\.cc.*unexpected pos|PytorchStreamWriter failed writing"),
     Rule("cpu_alloc", MEMORY, "host memory exhausted",
@@ -117,6 +127,7 @@ RULES: tuple[Rule, ...] = (
                  r"failed to allocate \d+ bytes",
          facts=(("tried to allocate {bytes}", r"(?:you )?tried to allocate (\d+) bytes"),)),
     Rule("numpy_oom", MEMORY, "numpy could not allocate an array",
+         transient=False,
          reason="numpy raises its own MemoryError subclass with the requested size and shape",
          types=("_ArrayMemoryError", "ArrayMemoryError"),
          message=r"Unable to allocate [\d.]+ \w+ for an array",
@@ -151,6 +162,7 @@ RULES: tuple[Rule, ...] = (
                  r"ECC error|NVIDIA-SMI has failed|Cannot access accelerator device when none is available|"
                  r"Need to provide pin_memory allocator|no accelerator is found"),
     Rule("device_mismatch", DEVICE, "tensors on different devices",
+         transient=False,
          reason="model, inputs or targets live on different devices; a .to(device) is missing",
          message=r"Expected all tensors to be on the same device|(?:to be|is|are) on the same device|"
                  r"Expected object of device type|expected device \S+ but got device|device type for generator|"
@@ -215,6 +227,7 @@ RULES: tuple[Rule, ...] = (
                  r"Max retries exceeded|read timed out|HTTP Error \d{3}|urlopen error|\b50[234] Server Error"),
     # ---- checkpoint: (de)serialisation; before shape rules since state-dict errors mention sizes
     Rule("ckpt_gpu_to_cpu", DEVICE, "checkpoint saved on GPU loaded where CUDA is unavailable",
+         transient=False,
          reason="torch.load needs a GPU or map_location; on a GPU node the same job works",
          message=r"Attempting to deserialize object on (?:a )?CUDA device"),
     Rule("state_dict_mismatch", CKPT, "checkpoint does not match the model",
@@ -238,6 +251,7 @@ RULES: tuple[Rule, ...] = (
          message=r"(?i)can'?t pickle|cannot pickle|PicklingError|Can't get local object"),
     # ---- system resources: before checkpoint/data rules because ENOSPC or EACCES while saving is the OS
     Rule("permission", SYSTEM, "permission denied",
+         transient=False,
          reason="file-system permissions or a read-only mount are an environment problem, not the code's",
          types=("PermissionError",),
          message=r"Permission denied|\[Errno 13\]|Read-only file system|\[Errno 30\]|Operation not permitted"),
@@ -390,6 +404,11 @@ RULES: tuple[Rule, ...] = (
     Rule("by_phase", UNKNOWN, "", by_phase=True,
          reason="a generic exception is attributed to the phase it was raised in; without one it is unknown"),
 )
+
+def restartable(rule: Rule) -> bool:
+    """Would a restart help?  The rule's own verdict, else its category's."""
+    return rule.category in TRANSIENT if rule.transient is None else rule.transient
+
 
 # Phase hints from frames, as (phase, strong, regex over "file|func|source"); each frame takes the first
 # matching row.  Strong hints name an enclosing activity (the deepest one wins); weak ones (forward, loss)

@@ -57,7 +57,7 @@ class RestartPolicy:
 
     on_failure: bool = False
     max_restarts: int = 3
-    restart_on: tuple[str, ...] = tuple(sorted(TRANSIENT))
+    restart_on: tuple[str, ...] | None = None  # None: each failure's own verdict (the rule that diagnosed it)
     backoff_s: float = 1.0
     backoff_max_s: float = 60.0
 
@@ -69,7 +69,9 @@ class RestartPolicy:
             raise ValueError(f"--restart must be 'never' or 'on-failure', not {mode!r}")
         if max_restarts < 0 or backoff_s < 0 or backoff_max_s < 0:
             raise ValueError("--max-restarts, --backoff and --backoff-max cannot be negative")
-        categories = TRANSIENT if restart_on is None else {c.strip() for c in restart_on.split(",") if c.strip()}
+        if restart_on is None:
+            return cls(mode == "on-failure", max_restarts, None, backoff_s, backoff_max_s)
+        categories = {c.strip() for c in restart_on.split(",") if c.strip()}
         unknown = sorted(categories - KNOWN_CATEGORIES - {ALL})
         if unknown or not categories:
             raise ValueError(f"--restart-on: unknown categor{'ies' if len(unknown) > 1 else 'y'} "
@@ -81,8 +83,12 @@ class RestartPolicy:
     def max_attempts(self) -> int:
         return 1 + self.max_restarts if self.on_failure else 1
 
-    def covers(self, category: str) -> bool:
-        return ALL in self.restart_on or category in self.restart_on
+    def covers(self, failure: Failure) -> bool:
+        """The user's ``--restart-on`` decides by category; without one, the diagnosis says whether a restart
+        helps with this cause (a CUDA OOM at a fixed batch size does not, a kernel OOM kill may)."""
+        if self.restart_on is None:
+            return failure.restartable
+        return ALL in self.restart_on or failure.category in self.restart_on
 
     def delay(self, restart: int) -> float:
         """Seconds before restart number ``restart`` (1-based): backoff doubling, capped."""
@@ -99,6 +105,12 @@ class Failure:
     step: int | None
     cause: str = ""
     interrupted: bool = False
+    transient: bool | None = None  # the diagnosis's verdict; None: the category's
+    rule: str = ""
+
+    @property
+    def restartable(self) -> bool:
+        return self.category in TRANSIENT if self.transient is None else self.transient
 
     @classmethod
     def of(cls, status: str, error: dict | None, forwarded: int | None, hung: bool) -> Failure | None:
@@ -108,8 +120,10 @@ class Failure:
         if error is None:  # stopped by a signal the user sent to tlog: nothing was classified
             return cls(status, R.SYSTEM, "interrupted", None, interrupted=True)
         category = error["category"]
+        transient = error.get("transient")
         return cls(status, category, signature(category, error), error.get("step"), error.get("cause") or "",
-                   interrupted=forwarded is not None and not hung)
+                   interrupted=forwarded is not None and not hung,
+                   transient=transient if isinstance(transient, bool) else None, rule=str(error.get("rule") or ""))
 
 
 @dataclass(frozen=True)
@@ -170,8 +184,8 @@ def _after_exit(m: Machine, failure: Failure | None, policy: RestartPolicy) -> M
         return replace(stop, reason="stopped on request: not restarting")
     if not policy.on_failure:
         return stop
-    if not policy.covers(failure.category):
-        return replace(stop, reason=_not_covered(failure.category, policy))
+    if not policy.covers(failure):
+        return replace(stop, reason=_not_covered(failure, policy))
     if m.last is not None and (m.last.signature, m.last.step) == (failure.signature, failure.step):
         at = f"step {failure.step}" if failure.step is not None else "the same point (before any step)"
         return replace(stop, state=State.CRASH_LOOP,
@@ -186,10 +200,14 @@ def _after_exit(m: Machine, failure: Failure | None, policy: RestartPolicy) -> M
                    reason=failure.cause or f"{failure.category} failure")
 
 
-def _not_covered(category: str, policy: RestartPolicy) -> str:
-    if category in TRANSIENT:
-        listed = ",".join(policy.restart_on)
-        return f"not restarting: {category} is not in --restart-on {listed}"
+def _not_covered(failure: Failure, policy: RestartPolicy) -> str:
+    category = failure.category
+    if policy.restart_on is not None and category in TRANSIENT:
+        return f"not restarting: {category} is not in --restart-on {','.join(policy.restart_on)}"
+    if category in TRANSIENT:  # the rule's own verdict: this cause recurs, though its category usually does not
+        rule = f" ({failure.rule})" if failure.rule else ""
+        return (f"not restarting: this {category} failure{rule} would recur until its cause is fixed; "
+                f"--restart-on {category} retries it")
     return (f"not restarting: {category} failures are not transient (a restart would likely fail the same way); "
             f"--restart-on all or --restart-on {category} retries them")
 
