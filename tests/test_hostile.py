@@ -1,4 +1,4 @@
-"""Whatever the child sends, the supervisor's reader goes on and its verdict is its own (real processes)."""
+"""Whatever the child sends or logs, the supervisor reads on, records it and keeps its own verdict (real processes)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,18 @@ def test_ten_thousand_hostile_lines_leave_the_run_and_its_verdict_alone(runner: 
     attempts = [e["data"]["event"] for e in events if e["kind"] == "attempt"]
     assert attempts == ["start", "exit"], "no forged attempt event got in"
     assert max(len(key) for e in events if e["kind"] == "metrics" for key in e["data"]) <= 200, "keys cut"
+
+
+def test_values_json_cannot_hold_are_converted_and_recording_goes_on(runner: Runner) -> None:
+    res = runner.run("run", "-q", "--name", "odd", script("odd_values.py"), "--seed", "18446744073709551616")
+    assert res.returncode == 0, res.stderr
+    exp = runner.exp("odd")
+    config = json.loads((exp / "training_config.json").read_text())
+    assert config["args"]["seed"] == "18446744073709551616", "an argparse int beyond 64 bits, exact"
+    assert config["huge"] == str(1 << 70) and config["nan"] == "nan key" and config["(1, 2)"] == "tuple key"
+    assert "opaque" not in config and config["nested"] == {"deep": [str(1 << 80), "inf"]}
+    summary = json.loads((exp / "training_summary.json").read_text())
+    assert summary["metrics"]["loss"]["count"] == 5 and summary["metrics"]["count"]["last"] == float(1 << 90)
+    warnings = [e["data"]["message"] for e in runner.events("odd") if e["kind"] == "warning"]
+    assert len([w for w in warnings if "config event" in w]) == 1, "one warning for the config events"
+    assert len([w for w in warnings if "metrics event" in w]) == 1, "one, not one per step"

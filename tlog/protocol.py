@@ -35,11 +35,26 @@ import json as _json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 
 def _stdlib_dumps(obj: Any) -> bytes:
+    """As orjson would: integers beyond 64 bits refused (orjson would read them back as rounded floats)."""
+    _check_ints(obj, 0)
     return _json.dumps(obj, separators=(",", ":"), default=_default, allow_nan=False).encode()
+
+
+def _check_ints(value: Any, depth: int) -> None:
+    if isinstance(value, int) and not -MAX_INT <= value < MAX_INT:
+        raise TypeError("Integer exceeds 64-bit range")
+    if depth < MAX_DEPTH:
+        if isinstance(value, dict):
+            for item in value.values():
+                _check_ints(item, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                _check_ints(item, depth + 1)
 
 
 dumps = _stdlib_dumps
@@ -112,6 +127,55 @@ def _default(obj: Any) -> Any:
         except Exception:  # noqa: BLE001 - a multi-element tensor: fall through to str
             pass
     return str(obj)
+
+
+def wire_safe(value: Any, depth: int = 0, big: Callable[[int], Any] = str) -> Any:
+    """A copy of ``value`` every encoder takes: for a payload ``dumps`` refused (the emitter's fallback).
+
+    Integers beyond 64 bits become ``big`` of them: their decimal text (a seed stays exact), or ``float``
+    for metrics, which must stay numbers; non-finite floats the markers,
+    keys text, other objects what ``_default`` makes of them; what still cannot be made JSON (a broken
+    ``__str__``, nesting past 16) is dropped: None in a list, the key left out of a dict.
+    """
+    cls = value.__class__
+    if value is None or cls is bool or cls is str:
+        return value
+    if cls is int or isinstance(value, int):
+        value = int(value)
+        return value if -MAX_INT <= value < MAX_INT else big(value)
+    if isinstance(value, float):
+        return finite(float(value))
+    if depth >= MAX_DEPTH:
+        return _DROP
+    if isinstance(value, dict):
+        out = {}
+        for key, item in list(value.items()):
+            item = wire_safe(item, depth + 1, big)
+            if item is not _DROP and (key := _key_text(key)) is not None:
+                out[key] = item
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [None if item is _DROP else item for item in (wire_safe(v, depth + 1, big) for v in list(value))]
+    try:
+        converted = _default(value)
+    except Exception:  # noqa: BLE001 - a broken __str__: the field goes
+        return _DROP
+    return _DROP if converted is value else wire_safe(converted, depth + 1, big)
+
+
+_DROP = object()
+
+
+def _key_text(key: Any) -> str | None:
+    """A dict key as JSON text (orjson takes only str keys): NaN as "nan", the rest by str()."""
+    if key.__class__ is str:
+        return key
+    if isinstance(key, float):
+        return str(finite(key))
+    try:
+        return str(key)
+    except Exception:  # noqa: BLE001 - a broken __str__: the entry goes
+        return None
 
 
 if os.environ.get("TLOG_SUPERVISED") != "1":

@@ -62,9 +62,30 @@ class Emitter:
             return
         try:
             self._send(kind, data, context)
-        except Exception as exc:  # noqa: BLE001 - the child never dies because of tlog
-            self.enabled = False
-            self._complain("emit", f"tlog: event delivery failed and is now off: {exc!r}")
+        except OSError as exc:  # the pipe (or the store) is gone: nothing more can be delivered
+            self._off(exc)
+        except Exception as exc:  # noqa: BLE001 - a value the encoder refused: convert, never switch off for it
+            self._send_converted(kind, data, context, exc)
+
+    def _send_converted(self, kind: str, data: dict, context: dict, exc: Exception) -> None:
+        """The event again with its values made wire-safe (huge ints as text, odd objects and keys converted,
+        the unconvertible dropped); one warning per kind says so."""
+        try:
+            big = float if kind == "metrics" else str
+            self._send(kind, protocol.wire_safe(data, big=big), protocol.wire_safe(context))
+        except OSError as err:
+            self._off(err)
+            return
+        except Exception as err:  # noqa: BLE001 - not even that: this event is lost, delivery is not
+            self.warn_once(f"encode-lost-{kind}", f"tlog: a {kind} event could not be encoded and was dropped: "
+                           f"{err!r}"[:300])
+            return
+        self.warn_once(f"encode-{kind}", f"tlog: values of a {kind} event JSON cannot hold were converted "
+                       f"({exc!r})"[:300])
+
+    def _off(self, exc: Exception) -> None:
+        self.enabled = False
+        self._complain("emit", f"tlog: event delivery failed and is now off: {exc!r}")
 
     def metrics(self, data: dict, step: int | None, epoch: int | None, batch: int | None,
                 src: str | None = None) -> None:
