@@ -110,6 +110,13 @@ def run(
                                                     help="torchrun: static rendezvous address.")] = None,
     master_port: Annotated[int | None, typer.Option("--master-port", "--master_port", show_default=False,
                                                     help="torchrun: static rendezvous port.")] = None,
+    notify: Annotated[list[str] | None, typer.Option(
+        "--notify", metavar="CMD", show_default=False, help="Shell command run when the run ends or restarts "
+        "(repeatable), with TLOG_STATUS, TLOG_EXPERIMENT, TLOG_CATEGORY, TLOG_CAUSE, TLOG_REMEDY, TLOG_STEP, "
+        "TLOG_EXIT_CODE, TLOG_DIR in its environment; at most 10 s.")] = None,
+    notify_url: Annotated[list[str] | None, typer.Option(
+        "--notify-url", metavar="URL", show_default=False, help="Webhook POSTed the same fields as JSON plus a "
+        "one-line 'text' (Slack, Discord, Teams incoming webhooks); repeatable.")] = None,
 ) -> None:
     """Run a training script (or any command) under tlog's supervision."""
     from tlog.store.layout import ExperimentError
@@ -138,7 +145,8 @@ def run(
                       status_every=status_every, monitor_interval=monitor_interval, hang_timeout=hang_timeout,
                       restart_policy=policy, resume_arg=resume_arg, checkpoint_glob=checkpoint_glob,
                       log_every=log_every, grad_norm=grad_norm, scrape=tuple(scrape or ()),
-                      settings=_settings().saved(), dist=dist)
+                      settings=_settings().saved(), dist=dist, notify=tuple(notify or ()),
+                      notify_url=tuple(notify_url or ()))
     session = Session(opts)
     try:
         session.prepare()

@@ -143,7 +143,12 @@ class ExperimentWriter:
                 self._log.writelines(log_line(t, tag, line) for line in lines)
 
     def message(self, text: str) -> None:
-        """tlog's own message, for training.log."""
+        """tlog's own message, for training.log (appended to the file after ``close``: what a notifier did)."""
+        with self._lock:
+            if self.closed:
+                with open(self._path(layout.LOG), "a", encoding="utf-8") as f:
+                    f.write(log_line(time.time(), "[tlog]", text))
+                return
         self.write_output("[tlog]", [text])
 
     # -- persistence ----------------------------------------------------------------

@@ -41,6 +41,8 @@ class RunOptions:
     scrape: tuple[str, ...] = ()  # --scrape: "" for the default pattern, else the user's regexes; () off
     settings: dict = field(default_factory=dict)  # tlog.toml / [tool.tlog] values (tlog.settings), saved with the run
     dist: torchrun.DistOptions | None = None  # --nproc-per-node & co.: the script runs under torchrun
+    notify: tuple[str, ...] = ()  # --notify: shell commands run when the run ends or restarts
+    notify_url: tuple[str, ...] = ()  # --notify-url: webhooks POSTed the same outcome as JSON
 
     def default_name(self) -> str:
         stem = Path(self.target[0]).stem if self.target else "run"

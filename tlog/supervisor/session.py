@@ -27,7 +27,7 @@ from tlog.diagnosis import failure
 from tlog.hook.crash import ENV_STACK_SIGNAL
 from tlog.store import layout
 from tlog.store.writer import ExperimentWriter
-from tlog.supervisor import hang, launch, options, ranks, restart, torchrun
+from tlog.supervisor import hang, launch, notify, options, ranks, restart, torchrun
 from tlog.supervisor.display import Display, QuietDisplay, make_display
 from tlog.supervisor.ingest import StreamReader, drain, start_readers
 from tlog.supervisor.limits import oom_kill_count
@@ -95,6 +95,7 @@ class Session:
         self.state.command = " ".join(self.argv)
         self.display = make_display(self.state, quiet=opts.quiet, panel=opts.panel,
                                     status_every=opts.status_every)
+        self.notifier = notify.Notifier(opts.notify, opts.notify_url, self.writer.message)
         return exp_dir
 
     def emit(self, kind: str, data: dict, **context: object) -> None:
@@ -186,6 +187,7 @@ class Session:
             nvml.close()
             summary = self.writer.close(status)
             self._farewell(summary)
+            self._notify_end(summary)
 
     def _record_start(self) -> None:
         git = git_info(self._script_dir())
@@ -221,6 +223,8 @@ class Session:
             result = self._run_attempt(self.attempt + 1)  # torchrun's own restarts are attempts too
             if self.machine.state is not restart.State.BACKING_OFF:
                 return result
+            self.notifier.send(notify.outcome("restarting", self.exp_dir.name, str(self.exp_dir.resolve()),
+                                              self.state.step, result.exit_code, result.error))
             if not self._back_off():
                 reason = "interrupted while waiting to restart"
                 self.machine = restart.transition(self.machine, restart.Cancelled(reason), policy)
@@ -362,6 +366,16 @@ class Session:
             self._wake.set()  # a restart waiting out its backoff does not happen
         else:
             self.signaller.forward(signum)
+
+    def _notify_end(self, summary: dict) -> None:
+        """The final outcome to every notifier (waited for, at most their timeout)."""
+        errors = summary.get("errors", {}).get("items") or []
+        status = str(summary.get("status"))
+        exit_code = summary["attempts"][-1].get("exit_code") if summary.get("attempts") else None
+        self.notifier.send(notify.outcome(status, self.exp_dir.name, str(self.exp_dir.resolve()),
+                                          summary.get("steps"), exit_code,
+                                          errors[-1] if errors and summary.get("status") != "finished" else None))
+        self.notifier.wait()
 
     def _farewell(self, summary: dict) -> None:
         status = summary.get("status")
