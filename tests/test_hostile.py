@@ -48,3 +48,16 @@ def test_values_json_cannot_hold_are_converted_and_recording_goes_on(runner: Run
     warnings = [e["data"]["message"] for e in runner.events("odd") if e["kind"] == "warning"]
     assert len([w for w in warnings if "config event" in w]) == 1, "one warning for the config events"
     assert len([w for w in warnings if "metrics event" in w]) == 1, "one, not one per step"
+
+
+def test_a_nested_tlog_run_records_its_own_run(runner: Runner) -> None:
+    """A sweep driver under ``tlog run`` running its trials with ``tlog run`` (output inherited, then captured)."""
+    res = runner.run("run", "-q", "--name", "outer", script("sweep_driver.py"), str(runner.log_dir))
+    assert res.returncode == 0, res.stderr
+    outer = json.loads((runner.exp("outer") / "training_summary.json").read_text())
+    assert {k: v["count"] for k, v in outer["metrics"].items()} == {"trials": 1, "trials_done": 1}
+    assert outer["meta"]["argv"][-2].endswith("sweep_driver.py"), "the driver speaks for the outer run"
+    for trial in ("trial-inherit", "trial-captured"):
+        summary = json.loads((runner.exp(trial) / "training_summary.json").read_text())
+        assert summary["status"] == "finished" and summary["metrics"]["loss"]["count"] == 5, trial
+        assert summary["meta"]["argv"][-1].endswith("odd_values.py")

@@ -389,6 +389,10 @@ def _print_json(obj: object) -> None:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a Python traceback."""
+    if os.environ.get("TLOG_SUPERVISED") == "1":  # started by a script that another tlog run supervises
+        from tlog.supervisor.launch import leave_outer_run
+
+        leave_outer_run()
     try:
         command = typer.main.get_command(app)
         command(default_map=_option_defaults(command))

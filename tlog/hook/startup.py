@@ -39,6 +39,8 @@ LAUNCHER_MODULES = frozenset({"torch.distributed.run", "torch.distributed.launch
 def start() -> None:
     if os.environ.get(emitter.ENV_SUPERVISED) != "1":
         return  # a descendant whose environment was scrubbed of tlog's: not ours to report
+    if _tlog_cli(getattr(sys, "orig_argv", sys.argv)):
+        return  # a nested ``tlog run``: a supervisor with its own run, not the outer run's training script
     if _multiprocessing_helper() or not _owns_wire():
         emitter.silence()
         return
@@ -78,6 +80,16 @@ def _torchrun_worker() -> dict:
         return {}
     count = env.get("TORCHELASTIC_RESTART_COUNT", "0")
     return {"host": os.uname().nodename, "restart_count": int(count) if count.isdigit() else 0}
+
+
+def _tlog_cli(argv: list[str] | tuple[str, ...]) -> bool:
+    """``tlog ...`` (the console script, run by Python) or ``python [options] -m tlog ...``."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "-m":
+            return argv[i + 1:i + 2] == ["tlog"]
+        if not arg.startswith("-"):
+            return os.path.basename(arg) == "tlog"
+    return False
 
 
 def _multiprocessing_helper() -> bool:

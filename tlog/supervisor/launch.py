@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tlog
+from tlog import protocol
 
 BOOT_DIR = Path(tlog.__file__).resolve().parent / "hook" / "boot"
 PKG_DIR = Path(tlog.__file__).resolve().parent.parent
@@ -56,14 +57,26 @@ def command_argv(command: list[str]) -> tuple[str, ...]:
     return tuple(command)
 
 
+# What a supervisor tells its child about the run; never inherited from an outer run (a sweep driver under
+# ``tlog run`` starting its trials with ``tlog run``): each run has its own wire.  Only tlog says where to resume.
+RUN_ENV = frozenset({"TLOG_SUPERVISED", "TLOG_WIRE", "TLOG_PKG_DIR", "TLOG_EXPERIMENT", "TLOG_EXP_DIR",
+                     "TLOG_ATTEMPT", "TLOG_NO_INSTRUMENT", "TLOG_LOG_EVERY", "TLOG_GRAD_NORM", "TLOG_STACK_SIGNAL",
+                     "TLOG_RESUME_CHECKPOINT", "TLOG_RESUME_STEP", "TLOG_RESUME_EPOCH"})
+
+
+def leave_outer_run() -> None:
+    """In a tlog started inside another run: forget that run's markers (this process is a supervisor, not
+    its training script) and encode with orjson, which its import skipped in a supervised child."""
+    for key in RUN_ENV:
+        os.environ.pop(key, None)
+    protocol.use_orjson()
+
+
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment that tells the hook it is supervised and lets it load."""
-    env = dict(os.environ)
-    env.pop("TLOG_RESUME_CHECKPOINT", None)  # only tlog says where to resume (restart.resume_env)
-    env.pop("TLOG_RESUME_STEP", None)
-    env.pop("TLOG_RESUME_EPOCH", None)
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + path if path else "")
+    env = {key: value for key, value in os.environ.items() if key not in RUN_ENV}
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(BOOT_DIR)]
+    env["PYTHONPATH"] = os.pathsep.join([str(BOOT_DIR), *path])
     env["PYTHONUNBUFFERED"] = "1"
     env["TLOG_SUPERVISED"] = "1"
     env["TLOG_PKG_DIR"] = str(PKG_DIR)
