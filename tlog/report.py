@@ -31,7 +31,7 @@ PHASES = ("initialization", "data_loading", "model_setup", "training_start", "ep
 # Differ between any two runs without saying how they differ (the command line is compared as ``command``).
 UNCOMPARED = frozenset({"tlog.name", "tlog.target", "environment.argv", "environment.pid"})
 STATUSES = ("running", "restarting", "finished", "restarted", "failed", "killed", "oom-killed", "hung",
-            "interrupted", "unknown")
+            "preempted", "time-limit", "interrupted", "unknown")
 
 
 MERGED = ".tlog/merged_summary.json"

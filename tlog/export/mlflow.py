@@ -28,7 +28,7 @@ TAG = "tlog.experiment"
 BATCH = 1000  # MLflow's limit of metrics per log_batch
 PARAMS_BATCH = 100
 STATUS = {"finished": "FINISHED", "running": "RUNNING", "restarting": "RUNNING", "killed": "KILLED",
-          "interrupted": "KILLED"}
+          "interrupted": "KILLED", "preempted": "KILLED", "time-limit": "KILLED"}
 
 
 def export(exp_dir: Path, out: str, progress: bool = True) -> str:

@@ -154,10 +154,10 @@ class GroupSignaller:
             self._timer.cancel()
 
 
-def install_handlers(handler: callable) -> dict[int, object]:
-    """Route SIGINT/SIGTERM/SIGHUP to ``handler``; returns the previous handlers."""
+def install_handlers(handler: callable, extra: tuple[int, ...] = ()) -> dict[int, object]:
+    """Route SIGINT/SIGTERM/SIGHUP (and ``extra``) to ``handler``; returns the previous handlers."""
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *extra):
         try:
             previous[signum] = signal.signal(signum, lambda s, _f: handler(s))
         except (ValueError, OSError):

@@ -27,7 +27,7 @@ from tlog.diagnosis import failure
 from tlog.hook.crash import ENV_STACK_SIGNAL
 from tlog.store import layout
 from tlog.store.writer import ExperimentWriter
-from tlog.supervisor import hang, launch, notify, options, ranks, restart, torchrun
+from tlog.supervisor import hang, launch, notify, options, ranks, restart, scheduler, torchrun
 from tlog.supervisor.display import Display, QuietDisplay, make_display
 from tlog.supervisor.ingest import StreamReader, drain, start_readers
 from tlog.supervisor.limits import oom_kill_count
@@ -169,7 +169,7 @@ class Session:
     def run(self) -> int:
         """Run to the end; returns tlog's exit code (the child's, 128+N for signal N)."""
         self._record_start()
-        previous = launch.install_handlers(self._on_signal)
+        previous = launch.install_handlers(self._on_signal, scheduler.extra_signals())
         status = "failed"
         nvml = NvmlGateway(on_warning=self.writer.message)  # no GPU is normal: a note in training.log
         self.monitor = Monitor(os.getpid(), interval=self.opts.monitor_interval, window=self.opts.monitor_window,
@@ -281,6 +281,8 @@ class Session:
         hung = self.hangs is not None and self.hangs.fired
         oom_delta = options.oom_delta(self.oom_before, oom_kill_count())
         status = decide_status(exit_code, sig, forwarded, oom_delta, hung=hung)
+        if status == "killed" and forwarded is not None and not hung:
+            status = scheduler.outcome(forwarded) or status  # Slurm's preemption or time limit, not the user
         if self.recovery is not None:
             self._resolve_recovery(status == "finished", time.time())
         error = None

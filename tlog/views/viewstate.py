@@ -23,7 +23,7 @@ NO_BEST = ("lr", "learning_rate")  # a "best" learning rate means nothing
 NOT_METRICS = frozenset({"total_batches", "total_epochs", "epoch", "step", "batch"})
 CONFIG_EPOCH_KEYS = ("total_epochs", "epochs", "num_epochs", "max_epochs", "n_epochs")
 FINAL_STATUSES = frozenset({"finished", "failed", "killed", "oom-killed", "hung", "crashed", "interrupted",
-                            "timeout", "error"})
+                            "timeout", "error", "preempted", "time-limit"})
 SPARK_POINTS = 64
 RATE_SAMPLE_S = 0.5
 RATE_SAMPLES = 20  # ~10 s of history at one sample per RATE_SAMPLE_S
