@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -16,11 +17,13 @@ import pytest
 from conftest import Runner, script
 
 from tlog import protocol
+from tlog.direction import metric_mode
 from tlog.report import ReportError, compare, filter_errors, list_summaries, load_errors, load_summary
 from tlog.store import layout, snapshot
 from tlog.store.reader import iter_events
 from tlog.store.summary import SummaryBuilder
 from tlog.store.writer import ExperimentWriter
+from tlog.views.watch import Watcher
 
 T0 = 1_790_000_000.0
 ARGV = ["python", "train.py", "--lr", "0.1"]
@@ -277,3 +280,31 @@ def test_summary_text_and_json(runner: Runner) -> None:
     assert "  RAM         103 MB peak of 1,000 MB, lowest headroom 897 MB" in lines
     assert "  errors      1 (memory 1)" in lines and "    - [memory] memory trouble at step 3" in lines
     assert "  config      lr=0.1, model.depth=4" in lines
+
+
+def test_metric_direction_is_one_rule_for_panel_and_summary(runner: Runner) -> None:
+    """val_mse, wer and nll are best at their minimum in the panel's state and in ``tlog summary`` alike;
+    accuracy-like names at their maximum; a setting (beta1, lr) or an unknown name has no best anywhere."""
+    (runner.cwd / "tlog.toml").write_text('[metric_modes]\nwidgets = "max"\n')
+    assert runner.run("run", "--name", "dirs", "--", sys.executable, script("directions.py")).returncode == 0
+    watcher = Watcher(runner.exp("dirs"))
+    watcher.poll()
+    panel = watcher.state.metrics
+    result = runner.run("summary", "dirs", "--json", "--log-dir", str(runner.log_dir))
+    summary = json.loads(result.stdout)["metrics"]
+    expected = {"val_mse": (0.2, 2), "wer": (0.2, 2), "train/nll": (0.2, 2), "accuracy": (0.9, 3),
+                "top1_acc": (0.9, 3), "widgets": (0.9, 3), "beta1": (None, None), "lr": (None, None)}
+    for name, (best, best_step) in expected.items():
+        assert panel[name].best == best, name
+        assert (summary[name].get("best"), summary[name].get("best_step")) == (best, best_step), name
+        assert panel[name].last == summary[name]["last"] == 0.4
+
+
+@pytest.mark.parametrize(("name", "mode"), [
+    ("val_mse", "min"), ("train/nll", "min"), ("valLoss", "min"), ("eval-wer", "min"), ("step_time", "min"),
+    ("acc_loss", "min"), ("top1_acc", "max"), ("mAP", "max"), ("f1", "max"), ("val.rouge_l", "max"),
+    ("bitmap_size", None), ("lr", None), ("grad_norm", None), ("loss_scale", None), ("beta2", None),
+    ("epoch", None), ("widgets", None)])
+def test_metric_mode_reads_words_of_the_name(name: str, mode: str | None) -> None:
+    assert metric_mode(name) == mode
+    assert metric_mode(name, {name: "max"}) == "max"

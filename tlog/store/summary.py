@@ -10,31 +10,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tlog.direction import config_modes, metric_mode
 from tlog.protocol import number
 from tlog.store import rankstats
 
-_MIN_WORDS = ("loss", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "wer", "cer")
-_MAX_WORDS = ("acc", "f1", "precision", "recall", "auc", "iou", "bleu", "rouge", "score", "map", "dice")
 _PEAK_KEYS = {"rss_max_mb": "rss_mb", "rss_peak_mb": "rss_mb", "mem_limit_mb": "mem_limit_mb"}
 _CONTEXT_KEYS = frozenset({"total_batches", "total_epochs"})
-_NO_BEST = frozenset({"learning_rate", "lr", "total_batches", "momentum", "epoch", "batch", "step"})
 _ERROR_KEYS = ("id", "category", "phase", "cause", "error_message", "attempt", "step", "epoch",
                "recovery_attempted", "recovery_successful", "recovery_time", "rank", "root_cause_rank",
                "peer_lost", "node")
-
-
-def metric_mode(name: str, overrides: dict[str, str] | None = None) -> str | None:
-    """'min' for loss-like names, 'max' for accuracy-like ones, None when 'best' means nothing."""
-    if overrides and name in overrides:
-        return overrides[name]
-    low = name.lower()
-    if low in _NO_BEST or low.startswith(("lr", "learning_rate", "grad")):
-        return None
-    if any(w in low for w in _MIN_WORDS):
-        return "min"
-    if any(w in low for w in _MAX_WORDS):
-        return "max"
-    return None
 
 
 class MetricStats:
@@ -292,11 +276,9 @@ class SummaryBuilder:
             return
         data = event["data"]
         self.config.update(data)
-        tlog_section = data.get("tlog")
-        settings = tlog_section.get("settings") if isinstance(tlog_section, dict) else None
-        modes = settings.get("metric_modes") if isinstance(settings, dict) else None
-        if isinstance(modes, dict):
-            self.modes = {**self.modes, **{k: v for k, v in modes.items() if v in ("min", "max")}}
+        modes = config_modes(data)
+        if modes:
+            self.modes = {**self.modes, **modes}
 
     def _checkpoint(self, event: dict) -> None:
         self.checkpoints += 1

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from tlog.direction import metric_mode
 from tlog.store import columns as cols
 from tlog.store import layout
-from tlog.store.summary import metric_mode
 from tlog.views import series as S
 
 FORMATS = ("png", "svg", "pdf")

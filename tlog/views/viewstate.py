@@ -16,10 +16,9 @@ import time
 from collections import deque
 from typing import Any
 
+from tlog.direction import config_modes, metric_mode
 from tlog.protocol import number
 
-LOSS_LIKE = ("loss", "err", "perplexity", "ppl")
-NO_BEST = ("lr", "learning_rate")  # a "best" learning rate means nothing
 NOT_METRICS = frozenset({"total_batches", "total_epochs", "epoch", "step", "batch"})
 CONFIG_EPOCH_KEYS = ("total_epochs", "epochs", "num_epochs", "max_epochs", "n_epochs")
 FINAL_STATUSES = frozenset({"finished", "failed", "killed", "oom-killed", "hung", "crashed", "interrupted",
@@ -39,11 +38,9 @@ class MetricStat:
 
     __slots__ = ("_acc", "_n", "best", "last", "lower_is_better", "points", "stride")
 
-    def __init__(self, name: str) -> None:
-        lowered = name.lower()
-        self.lower_is_better: bool | None = (
-            None if lowered in NO_BEST else any(word in lowered for word in LOSS_LIKE)
-        )
+    def __init__(self, name: str, modes: dict[str, str] | None = None) -> None:
+        mode = metric_mode(name, modes)
+        self.lower_is_better: bool | None = None if mode is None else mode == "min"
         self.last: float | None = None
         self.best: float | None = None
         self.points: list[float] = []
@@ -117,6 +114,7 @@ class ViewState:
         self.rate_samples: deque[tuple[float, int]] = deque(maxlen=RATE_SAMPLES)
         self.position: tuple[float, int] | None = None
         self.metrics: dict[str, MetricStat] = {}
+        self.modes: dict[str, str] = {}  # the run's [metric_modes] overrides, from its config event
         self.system: dict[str, Any] = {}
         self.errors: dict[str, int] = {}
         self.last_error: str | None = None
@@ -254,7 +252,7 @@ class ViewState:
                 continue
             stat = metrics.get(name)
             if stat is None:
-                stat = metrics[name] = MetricStat(name)
+                stat = metrics[name] = MetricStat(name, self.modes)
             stat.add(value)
 
     def _totals(self, data: dict) -> None:
@@ -273,6 +271,9 @@ class ViewState:
         self._totals(data)
 
     def _on_config(self, event: dict, data: dict) -> None:
+        modes = config_modes(data)
+        if modes:
+            self.modes = {**self.modes, **modes}
         if self.total_epochs is not None:
             return
         for key in CONFIG_EPOCH_KEYS:
