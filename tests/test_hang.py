@@ -184,3 +184,19 @@ def test_a_command_without_the_hook_still_ends_as_a_hang(runner: Runner) -> None
     assert (err["category"], err["rule"], err["signal"]) == ("system", "hang_other", 15)
     assert err["traceback"] == "(no stack dump: no process of the run reported through tlog's hook)"
     assert _summary(runner, "cmd")["status"] == "hung"
+
+
+def test_on_a_hang_only_the_runs_own_processes_are_signalled(runner: Runner) -> None:
+    """A child naming a foreign pid in its meta event: that process is left alone (SIGUSR1 would kill sleep)."""
+    foreign = subprocess.Popen(["sleep", "60"])
+    try:
+        line = json.dumps({"kind": "meta", "data": {"pid": foreign.pid}})
+        res = runner.run("run", "--name", "foreign", "--grace", "0.5", "--hang-timeout", "0.5", "--",
+                         "sh", "-c", f"echo '@tlog {line}'; exec sleep 30")
+        assert res.returncode != 0 and "no progress for" in res.stderr
+        errors = (runner.exp("foreign") / "training_errors.json").read_text()
+        assert f"process {foreign.pid} named by the run is not one of its processes; not signalled" in errors
+        assert foreign.poll() is None, "a process outside the run's tree was signalled"
+    finally:
+        foreign.kill()
+        foreign.wait()

@@ -204,6 +204,9 @@ class HangWatch:
         return "\n".join(parts)
 
     def _dump_one(self, pid: int) -> str:
+        if not descends_from(pid, self.signaller.pid):  # a pid the child named: signal only the run's own
+            self._why_none = f"process {pid} named by the run is not one of its processes; not signalled"
+            return ""
         self.capture.begin()
         try:
             os.kill(pid, self.dump_signal)
@@ -212,3 +215,27 @@ class HangWatch:
             return self.capture.collect(0.0, 0.0)
         self._why_none = f"process {pid} wrote nothing to stderr within {DUMP_MAX_S:g} s"
         return self.capture.collect(DUMP_QUIET_S, DUMP_MAX_S)
+
+
+def descends_from(pid: int, root: int) -> bool:
+    """Whether ``pid`` is ``root`` or one of its descendants (parent links in /proc, setsid or not);
+    without /proc, whether it is in ``root``'s process group."""
+    for _ in range(64):
+        if pid == root:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            if not os.path.isdir("/proc/self"):
+                try:
+                    return os.getpgid(pid) == root
+                except OSError:
+                    return False
+            return False
+        except OSError:
+            return False
+        pid = int(stat[stat.rindex(b")") + 2:].split(None, 2)[1])  # after "(comm)": state, ppid
+        if pid <= 1:
+            return False
+    return False
