@@ -351,3 +351,30 @@ def test_command_missing_file(tmp_path, capsys):
     assert classify_command(str(tmp_path / "nope.log"), as_json=False) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("message", "first", "numbers"), [
+    # reserved far beyond allocated: fragmentation, so expandable segments first
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 23.64 "
+     "GiB of which 912.44 MiB is free. Of the allocated memory 15.02 GiB is allocated by PyTorch, and 6.31 GiB is "
+     "reserved by PyTorch but unallocated.", "memory is fragmented: set PYTORCH_CUDA_ALLOC_CONF=expandable_segments",
+     "needs 1.50 GiB, 912.44 MiB free, 15.02 GiB allocated, 6.31 GiB reserved but unallocated"),
+    # everything allocated: the step needs less memory
+    ("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total capacity; 13.90 GiB "
+     "already allocated; 1.10 GiB free; 14.00 GiB reserved in total by PyTorch)", "lower the batch size",
+     "needs 2.00 GiB, 1.10 GiB free, 13.90 GiB allocated"),
+])
+def test_cuda_oom_remedy_follows_the_numbers(message: str, first: str, numbers: str) -> None:
+    d = classify_text(message)
+    assert d.remedy.startswith(first) and numbers in d.remedy, d.remedy
+
+
+def test_unknown_says_the_last_exception_seen_and_classify_shows_the_remedy(tmp_path, capsys) -> None:
+    d = classify_text("step 10 loss 0.3\nwidgets.FrobnicationError: the frobnicator stalled")
+    assert d.category == "unknown" and "widgets.FrobnicationError: the frobnicator stalled" in d.remedy
+    log = tmp_path / "oom.log"
+    log.write_text("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB")
+    assert classify_command(str(log), as_json=False) == 0
+    assert "remedy    lower the batch size" in capsys.readouterr().out
+    assert classify_command(str(log), as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["remedy"].startswith("lower the batch size")

@@ -192,3 +192,16 @@ def test_classify_a_log_file_and_stdin(runner: Runner) -> None:
     assert (as_json["category"], as_json["transient"]) == ("model_inference", False)
     missing = runner.run("classify", "nope.log")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.log" in missing.stderr
+
+
+def test_one_line_forward_and_backward_is_the_forward_with_a_remedy(runner: Runner) -> None:
+    """The user's line says .backward(), the torch.nn frames below it say the forward failed; the remedy names
+    the layer and the shapes, at the end of the run, in training_errors.json and in ``tlog errors``."""
+    res = runner.run("run", "--name", "oneline", script("one_line_step.py"))
+    assert res.returncode == 1
+    (err,) = _errors(runner, "oneline")
+    assert (err["category"], err["phase"], err["transient"]) == ("model_inference", "forward_pass", False)
+    remedy = "the input has 3 features but nn.Linear expects 4 (8x3 @ 4x2)"
+    assert err["remedy"].startswith(remedy)
+    assert f"remedy: {remedy}" in res.stderr
+    assert f"remedy: {remedy}" in runner.run("errors", "oneline").stdout

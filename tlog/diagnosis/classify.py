@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tlog.diagnosis import rules as R
 from tlog.diagnosis.parse import CONTROL, TRUNCATED, WRAPPERS, Exc, Frame, parse, parse_stack, rx
+from tlog.diagnosis.remedy import CATEGORY_REMEDY, remedy
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +46,12 @@ class Diagnosis:
     cause: str
     evidence: tuple[str, ...]
     rule: str
+    remedy: str = ""  # what to try first, concrete to the evidence
 
     def to_dict(self) -> dict:
         """JSON-ready form for events and ``tlog classify --json``."""
         return {"category": self.category, "phase": self.phase, "transient": self.transient,
-                "cause": self.cause, "evidence": list(self.evidence), "rule": self.rule}
+                "cause": self.cause, "evidence": list(self.evidence), "rule": self.rule, "remedy": self.remedy}
 
 
 # ---------------------------------------------------------------- phase
@@ -198,7 +200,7 @@ def _diagnose(rule: R.Rule, exc: Exc | None, where: str, hit: str, record: Failu
     detail = _facts(rule, hit) or _head(exc.message if exc else hit)
     transient = R.restartable(rule) if category == rule.category else category in R.TRANSIENT
     return Diagnosis(category, phase, transient, _cause(summary, phase, record, site, detail),
-                     tuple(evidence), rule.name)
+                     tuple(evidence), rule.name, remedy(rule, category, exc, _said(exc) if exc else hit))
 
 
 # ---------------------------------------------------------------- signals and memory
@@ -257,7 +259,13 @@ def _killed(record: FailureRecord, excs: list[Exc], lines: list[tuple[str, str]]
         rule, category, summary = "sigkill_external", R.SYSTEM, f"killed by SIGKILL (not the OOM killer: {why})"
     phase = normalise_phase(record.phase)
     cause = f"{summary}{_phase_words(phase)}{_position(record)}" + (f": {short}" if short else "")
-    return Diagnosis(category, phase, category in R.TRANSIENT, cause, tuple(evidence), rule)
+    return Diagnosis(category, phase, category in R.TRANSIENT, cause, tuple(evidence), rule,
+                     CATEGORY_REMEDY[category] if category == R.MEMORY else _KILLED_REMEDY)
+
+
+_SIGNAL_REMEDY = "a native crash leaves a faulthandler stack in the output (tlog errors --traceback); " \
+    "otherwise rerun with python -X faulthandler"
+_KILLED_REMEDY = "find who sent SIGKILL (scheduler log, dmesg, a watchdog) before restarting"
 
 
 def _by_exit(record: FailureRecord, sig: int | None, lines: list[tuple[str, str]]) -> Diagnosis:
@@ -268,10 +276,13 @@ def _by_exit(record: FailureRecord, sig: int | None, lines: list[tuple[str, str]
         name = _signal_name(sig)
         summary = R.SIGNAL_CAUSES.get(name, f"killed by {name}")
         return Diagnosis(R.SYSTEM, phase, True, f"{summary}{_phase_words(phase)}{_position(record)}",
-                         (f"died by {name} with no traceback", last), f"signal_{name.lower().replace(' ', '_')}")
+                         (f"died by {name} with no traceback", last), f"signal_{name.lower().replace(' ', '_')}",
+                         _SIGNAL_REMEDY)
     code = "no exit status" if record.exit_code is None else f"exit code {record.exit_code}"
     cause = f"failed with {code}{_phase_words(phase)}{_position(record)} and no recognisable error in the output"
-    return Diagnosis(R.UNKNOWN, phase, False, cause, (last,), "no_match")
+    return Diagnosis(R.UNKNOWN, phase, False, cause, (last,), "no_match",
+                     f"nothing structural matched; start from the {last}" if lines else
+                     "no output was captured; rerun with the output kept (tlog errors --traceback)")
 
 
 # ---------------------------------------------------------------- hangs
@@ -287,7 +298,7 @@ def _hang(stack: str, phase: str | None, record: FailureRecord) -> Diagnosis:
                 at = frame.short() if frame else _head(key)
                 return Diagnosis(category, phase, True,
                                  f"hung: {summary}{_phase_words(phase)}{_position(record)} ({at})",
-                                 (f"rule {name} matched {at}", f"why: {reason}"), name)
+                                 (f"rule {name} matched {at}", f"why: {reason}"), name, CATEGORY_REMEDY[category])
     at = frames[-1].short() if frames else "no frames in the stack dump"
     return Diagnosis(R.SYSTEM, phase, True, f"hung: no progress{_phase_words(phase)}{_position(record)} ({at})",
                      (f"innermost frame of the main thread: {at}",

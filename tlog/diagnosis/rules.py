@@ -69,6 +69,7 @@ class Rule:
     phase: str | None = None
     by_phase: bool = False
     transient: bool | None = None
+    remedy: str = ""
     facts: tuple[tuple[str, str], ...] = ()
 
 
@@ -90,10 +91,12 @@ RULES: tuple[Rule, ...] = (
     # ---- memory: exhaustion surfaces through many layers (cuBLAS, workers, numpy), so it is tried first
     Rule("fd_limit", SYSTEM, "too many open files",
          transient=False,
+         remedy="raise the limit (ulimit -n 65536) or call torch.multiprocessing.set_sharing_strategy('file_system')",
          reason="the fd limit (ulimit -n) or the file_descriptor sharing strategy is exhausted; a restart hits "
                 "the same limit until it is raised",
          message=r"Too many open files|\[Errno 24\]|EMFILE|received \d+ items of ancdata"),
     Rule("dataloader_worker_killed", MEMORY, "DataLoader worker killed", phase="data_loading",
+         remedy="give the workers more RAM or /dev/shm (docker --shm-size), or lower num_workers",
          reason="a worker killed by SIGKILL/SIGBUS is the OOM killer or a full /dev/shm; restart with fewer "
                 "workers or more shared memory",
          message=r"DataLoader worker \(pids?\(?s?\)? ?[\d, ]+\) is killed by signal: (?:Killed|Bus error)",
@@ -110,17 +113,20 @@ RULES: tuple[Rule, ...] = (
                 ("{} free", _SIZE + r" (?:is )?free"), ("{} total", _SIZE + r" total capacity"),
                 ("{} total", r"total capacity of " + _SIZE))),
     Rule("shared_memory", MEMORY, "shared memory (/dev/shm) exhausted", phase="data_loading",
+         remedy="enlarge /dev/shm (docker --shm-size=8g) or lower num_workers",
          reason="DataLoader workers pass batches through /dev/shm; a small shm (Docker default 64 MB) kills them",
          message=r"(?i)shared memory|/dev/shm|unable to write to file </torch_|unable to (?:open|mmap|"
                  r"resize) shared|Couldn't open shared file mapping|shm_open|torch_shm_manager",
          line=r"Unexpected bus error encountered in worker|insufficient shared memory"),
     Rule("disk_full", SYSTEM, "disk full or quota exceeded",
          transient=False,
+         remedy="free space or point checkpoints/logs at a bigger volume (df -h), then resume",
          reason="ENOSPC/EDQUOT (often mid-checkpoint: 'unexpected pos') clears only when space is freed, "
                 "so a restart is not worth it until then",
          message=r"No space left on device|\[Errno 28\]|ENOSPC|Disk quota exceeded|\[Errno 122\]|EDQUOT|"
                  r"inline_container\.cc.*unexpected pos|PytorchStreamWriter failed writing"),
     Rule("cpu_alloc", MEMORY, "host memory exhausted",
+         remedy="lower the batch size or num_workers, or raise the host/cgroup memory limit",
          reason="CPU allocators report ENOMEM in their own words; the host or cgroup is out of RAM",
          message=r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)|std::bad_alloc|"
                  r"Cannot allocate memory|\[Errno 12\]|paging file is too small|WinError 1455|"
@@ -152,6 +158,7 @@ RULES: tuple[Rule, ...] = (
          reason="indexSelect/IndexKernel asserts are token ids beyond the embedding table, a model/data mismatch",
          line=r"srcIndex < srcSelectDimSize|indexSelect\w*Kernel.*Assertion|index out of bounds\"? failed"),
     Rule("cuda_unavailable", DEVICE, "no usable CUDA device",
+         remedy="run on a node with a working GPU and driver, or select the CPU device",
          reason="the job landed where CUDA is missing or broken; another node or a driver fix helps, not code",
          message=r"No CUDA GPUs are available|Found no NVIDIA driver|no CUDA-capable device|"
                  r"Torch not compiled with CUDA enabled|_cuda_setDevice|_cuda_init|_cuda_getDeviceCount|"
@@ -163,6 +170,7 @@ RULES: tuple[Rule, ...] = (
                  r"Need to provide pin_memory allocator|no accelerator is found"),
     Rule("device_mismatch", DEVICE, "tensors on different devices",
          transient=False,
+         remedy="move the model and every input/target to one device (.to(device)) before the call",
          reason="model, inputs or targets live on different devices; a .to(device) is missing",
          message=r"Expected all tensors to be on the same device|(?:to be|is|are) on the same device|"
                  r"Expected object of device type|expected device \S+ but got device|device type for generator|"
@@ -180,6 +188,7 @@ RULES: tuple[Rule, ...] = (
                  r"HIP error|CUFFT_|CUSOLVER|Triton Error \[CUDA\]|CUDA driver error"),
     # ---- network: collectives, rendezvous, sockets, HTTP
     Rule("job_terminated", SYSTEM, "terminated by the scheduler or a signal",
+         remedy="resume from the last checkpoint; request a longer time limit or handle SIGTERM by saving",
          reason="time limits, preemption and SIGTERM end a run from outside; resuming is the fix",
          types=("KeyboardInterrupt", "SignalException"),
          message=r"Received \d+ death signal|Process \d+ got signal: (?:15|1|2)\b",
@@ -191,6 +200,8 @@ RULES: tuple[Rule, ...] = (
          reason="duplicate GPUs mean LOCAL_RANK/set_device is wrong; retrying cannot fix it",
          message=r"Duplicate GPU detected|ncclInvalidUsage"),
     Rule("collective_failure", NETWORK, "collective communication failed or timed out",
+         remedy="look for the rank that stopped first (a crash or a straggler); raise the timeout only if it "
+                "is slow, not dead",
          reason="a collective that times out or loses a peer is the interconnect or a straggling rank",
          message=r"collective operation timeout|ProcessGroupNCCL|DistBackendError|NCCL error|ncclSystemError|"
                  r"ncclRemoteError|ncclInternalError|NCCL communicator|[Gg]loo|Connection closed by peer|"
@@ -205,6 +216,7 @@ RULES: tuple[Rule, ...] = (
                  r"Distributed package doesn't have NCCL|'(?:LOCAL_RANK|RANK|WORLD_SIZE|MASTER_ADDR|"
                  r"MASTER_PORT|LOCAL_WORLD_SIZE)'"),
     Rule("rendezvous", NETWORK, "rendezvous/store connection failed",
+         remedy="check MASTER_ADDR/MASTER_PORT are reachable from every node and the port is free",
          reason="the c10d store or rendezvous is reachable only over the network",
          message=r"TCPStore|DistNetworkError|DistStoreError|Rendezvous\w*Error|client socket has timed out|"
                  r"Socket Timeout|store->get|Address already in use|EADDRINUSE|"
@@ -231,6 +243,8 @@ RULES: tuple[Rule, ...] = (
          reason="torch.load needs a GPU or map_location; on a GPU node the same job works",
          message=r"Attempting to deserialize object on (?:a )?CUDA device"),
     Rule("state_dict_mismatch", CKPT, "checkpoint does not match the model",
+         remedy="load with the model the checkpoint was saved from; strip a 'module.' prefix from DDP "
+                "checkpoints; strict=False only for keys you mean to drop",
          reason="missing/unexpected keys or shape mismatches come from the checkpoint, not the forward pass",
          message=r"Error\(s\) in loading state_dict|Missing key\(s\) in state_dict|"
                  r"Unexpected key\(s\) in state_dict|size mismatch for \S+: copying a param|"
@@ -238,6 +252,7 @@ RULES: tuple[Rule, ...] = (
                  r"has a different number of parameter groups)",
          facts=(("keys carry a 'module.' prefix (saved from DataParallel/DDP)", r"(\"module\.)"),)),
     Rule("ckpt_corrupt", CKPT, "checkpoint file unreadable",
+         remedy="re-download or re-save the checkpoint; torch.load(weights_only=False) only for files you trust",
          reason="a truncated download, a weights_only refusal or a foreign format fails on every load",
          message=r"PytorchStreamReader|central directory|invalid header or archive is corrupted|"
                  r"Weights only load failed|weights_only|UnpicklingError|invalid load key|SafetensorError|"
@@ -252,6 +267,7 @@ RULES: tuple[Rule, ...] = (
     # ---- system resources: before checkpoint/data rules because ENOSPC or EACCES while saving is the OS
     Rule("permission", SYSTEM, "permission denied",
          transient=False,
+         remedy="fix the permissions or write to a directory the job owns",
          reason="file-system permissions or a read-only mount are an environment problem, not the code's",
          types=("PermissionError",),
          message=r"Permission denied|\[Errno 13\]|Read-only file system|\[Errno 30\]|Operation not permitted"),
@@ -328,10 +344,12 @@ RULES: tuple[Rule, ...] = (
          site=r"(?i)\b(?:cfg|config|conf|args|hparams|hps|params|opts?|options|settings|hyp|environ)\w*(?:\[|"
               r"\.get\()|(?:^|/)(?:configs?|cfg|settings|options|arguments|args)\w*\.py\|"),
     Rule("missing_package", CONFIG, "a package is missing or incompatible",
+         remedy="install or pin the missing package in the job's environment",
          reason="an import failure is the environment, fixed by installing/pinning, not by retrying",
          types=("ModuleNotFoundError", "ImportError")),
     # ---- autograd, optimizer, loss and model families, then data
     Rule("autograd", GRAD, "autograd error",
+         remedy="avoid in-place ops on tensors autograd saved; call backward once per graph (or retain_graph=True)",
          reason="graph misuse (double backward, in-place updates, detached or unused tensors) is deterministic",
          message=r"backward through the graph a second time|does not require grad|"
                  r"modified by an inplace operation|leaf Variable that requires grad (?:is being|"
@@ -349,10 +367,12 @@ RULES: tuple[Rule, ...] = (
                  r"optimizer can only optimize Tensors|unscale FP16 gradients|"
                  r"unscale_\(\) has already been called|No inf checks were recorded|Tried to step \d+ times"),
     Rule("nonfinite_loss", LOSS, "the loss became NaN/inf",
+         remedy="lower the learning rate, clip gradients, check the inputs for NaN",
          reason="training-loop guards raise on a non-finite loss; the loss (or lr) is where to look",
          types=("FloatingPointError",),
          message=r"(?i)loss (?:is|became|became infinite or|=) ?(?:nan|inf)|non-finite loss|loss is not finite"),
     Rule("loss_target", LOSS, "loss inputs/targets invalid",
+         remedy="check the targets: class indices in [0, C), dtype long for cross-entropy, float for BCE",
          reason="class indices out of range, BCE inputs outside [0,1], CTC lengths and target shapes are loss "
                 "contract violations",
          message=r"Target -?\d+ is out of bounds|multi-target not supported|0D or 1D target tensor expected|"

@@ -16,7 +16,7 @@ from tlog.store import rankstats
 
 _PEAK_KEYS = {"rss_max_mb": "rss_mb", "rss_peak_mb": "rss_mb", "mem_limit_mb": "mem_limit_mb"}
 _CONTEXT_KEYS = frozenset({"total_batches", "total_epochs"})
-_ERROR_KEYS = ("id", "category", "phase", "cause", "error_message", "attempt", "step", "epoch",
+_ERROR_KEYS = ("id", "category", "phase", "cause", "remedy", "error_message", "attempt", "step", "epoch",
                "recovery_attempted", "recovery_successful", "recovery_time", "rank", "root_cause_rank",
                "peer_lost", "node")
 

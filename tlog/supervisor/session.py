@@ -389,3 +389,5 @@ class Session:
         if errors and status != "finished":
             last = errors[-1]
             self.display.message(f"{last.get('category')}: {last.get('cause')}")
+            if last.get("remedy"):
+                self.display.message(f"remedy: {last['remedy']}")

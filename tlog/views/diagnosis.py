@@ -17,6 +17,7 @@ def render_diagnosis(d: Diagnosis) -> str:
         f"phase     {d.phase or 'unknown'}",
         f"restart   {restart}",
         f"cause     {d.cause}",
+        f"remedy    {d.remedy or 'none known'}",
         f"rule      {d.rule}",
     ]
     if d.evidence:

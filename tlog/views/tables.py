@@ -159,6 +159,8 @@ def print_errors(rows: list[dict[str, Any]], show_experiment: bool = False, trac
                 f"node {err['node']}" if err.get("node") is not None else None]
         _say(console, "  ".join(h for h in head if h))
         _say(console, f"    {err.get('cause') or err.get('error_message')}")
+        if err.get("remedy"):
+            _say(console, f"    remedy: {err['remedy']}")
         for line in error_rank_lines(err):
             _say(console, line)
         if err.get("recovery_attempted"):
