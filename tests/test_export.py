@@ -25,7 +25,11 @@ def run(tmp_path_factory) -> Runner:
 
 
 def csv_rows(runner: Runner) -> list[dict[str, str]]:
-    with open(runner.exp("exp") / "training_metrics.csv", newline="") as f:
+    return csv_rows_of(runner.exp("exp"))
+
+
+def csv_rows_of(exp: Path) -> list[dict[str, str]]:
+    with open(exp / "training_metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -144,3 +148,37 @@ def test_load_returns_frames_or_plain_columns(run: Runner) -> None:
     plain = tlog.load("exp", log_dir=run.log_dir, pandas=False)
     assert isinstance(plain.metrics, dict) and plain.metrics["loss"].tolist() == [float(r["loss"]) for r in rows]
     assert [e["step"] for e in plain.errors] == [6, 6]
+
+
+def test_live_tensorboard_export_grows_with_the_run(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runner = Runner(tmp_path)
+    (tmp_path / "tlog.toml").write_text('[run]\nexport = "tensorboard:tb"\n')
+    proc = runner.popen("run", "-q", "--name", "live", "--log-every", "1", script("steps.py"), "--log-acc",
+                        "--val", "--hold-at", "6")
+    log = runner.exp("live") / "training.log"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and "READY" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    acc = EventAccumulator(str(tmp_path / "tb" / "live"), size_guidance={"scalars": 0})
+    acc.Reload()  # while the run is held at step 6
+    assert [e.step for e in acc.Scalars("train/loss")][:5] == [1, 2, 3, 4, 5]
+    assert [e.step for e in acc.Scalars("validation/loss")] == [4]
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    acc = EventAccumulator(str(tmp_path / "tb" / "live"), size_guidance={"scalars": 0})
+    acc.Reload()
+    want = values(csv_rows_of(runner.exp("live")), "loss")
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(s, pytest.approx(v, rel=1e-6)) for s, v in want]
+    assert "system/rss_mb" in acc.Tags()["scalars"]
+
+
+def test_live_export_refuses_another_target(runner: Runner) -> None:
+    proc = runner.run("run", "--export", "mlflow:x", script("steps.py"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "tlog: error: --export 'mlflow:x': use tensorboard:DIR (live export supports TensorBoard)"

@@ -117,6 +117,9 @@ def run(
     notify_url: Annotated[list[str] | None, typer.Option(
         "--notify-url", metavar="URL", show_default=False, help="Webhook POSTed the same fields as JSON plus a "
         "one-line 'text' (Slack, Discord, Teams incoming webhooks); repeatable.")] = None,
+    export_live: Annotated[str | None, typer.Option(
+        "--export", metavar="tensorboard:DIR", show_default=False, help="Write TensorBoard event files into DIR "
+        "as the run goes (needs tlog[tensorboard]).")] = None,
 ) -> None:
     """Run a training script (or any command) under tlog's supervision."""
     from tlog.store.layout import ExperimentError
@@ -136,6 +139,15 @@ def run(
         policy = RestartPolicy.parse(restart_mode, max_restarts, restart_on, backoff, backoff_max)
         check_template(resume_arg)
         compile_patterns(p for p in scrape or () if p)
+        if export_live is not None:
+            from tlog.export import ExportError, exporter
+            from tlog.export.live import parse
+
+            try:
+                export_live = str(parse(export_live))
+                exporter("tensorboard")
+            except ExportError as exc:
+                raise ValueError(str(exc)) from None
         dist = dist_options(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_backend, rdzv_id, master_addr,
                             master_port, is_command=is_command, name=name)
     except ValueError as exc:
@@ -146,7 +158,7 @@ def run(
                       restart_policy=policy, resume_arg=resume_arg, checkpoint_glob=checkpoint_glob,
                       log_every=log_every, grad_norm=grad_norm, scrape=tuple(scrape or ()),
                       settings=_settings().saved(), dist=dist, notify=tuple(notify or ()),
-                      notify_url=tuple(notify_url or ()))
+                      notify_url=tuple(notify_url or ()), export_live=export_live)
     session = Session(opts)
     try:
         session.prepare()

@@ -46,12 +46,13 @@ def _masked(data: bytes) -> bytes:
 
 
 class RecordFile:
-    """A TFRecord file of events, written to ``<name>.tmp`` and renamed into place at ``close``."""
+    """A TFRecord file of events, written to ``<name>.tmp`` and renamed into place at ``close``; ``live``:
+    written in place, so a running TensorBoard reads it as it grows."""
 
-    def __init__(self, path: Path, wall_time: float) -> None:
+    def __init__(self, path: Path, wall_time: float, live: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
+        self.tmp = path if live else path.with_name(path.name + ".tmp")
         self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed by close()
         self.write(event_pb2.Event(wall_time=wall_time, file_version="brain.Event:2"))
 
@@ -62,7 +63,8 @@ class RecordFile:
 
     def close(self) -> None:
         self.file.close()
-        os.replace(self.tmp, self.path)
+        if self.tmp != self.path:
+            os.replace(self.tmp, self.path)
 
 
 def tag(name: str) -> str:

@@ -237,6 +237,11 @@ class _Sink:
                 del series.buf[:]
 
 
+def is_system_key(key: str) -> bool:
+    """Whether a resource sample's ``key`` is drawn and exported (memory of the run and of each GPU)."""
+    return bool(_SYSTEM_KEY.match(key))
+
+
 def columns_dir(exp_dir: Path) -> Path:
     return exp_dir / DIRNAME
 

@@ -43,6 +43,7 @@ class RunOptions:
     dist: torchrun.DistOptions | None = None  # --nproc-per-node & co.: the script runs under torchrun
     notify: tuple[str, ...] = ()  # --notify: shell commands run when the run ends or restarts
     notify_url: tuple[str, ...] = ()  # --notify-url: webhooks POSTed the same outcome as JSON
+    export_live: str | None = None  # --export tensorboard:DIR: TensorBoard event files written as the run goes
 
     def default_name(self) -> str:
         stem = Path(self.target[0]).stem if self.target else "run"

@@ -70,6 +70,7 @@ class Session:
         self.hangs: hang.HangWatch | None = None
         self._wake = threading.Event()
         self.scraper = make_scraper(opts.scrape)
+        self.live = None  # --export tensorboard:DIR (tlog.export.live), made in prepare
 
     # -- setup --------------------------------------------------------------------------
     def prepare(self) -> Path:
@@ -96,6 +97,11 @@ class Session:
         self.display = make_display(self.state, quiet=opts.quiet, panel=opts.panel,
                                     status_every=opts.status_every)
         self.notifier = notify.Notifier(opts.notify, opts.notify_url, self.writer.message)
+        if opts.export_live:
+            from tlog.export.live import LiveTensorBoard
+
+            self.live = LiveTensorBoard(Path(opts.export_live), exp_dir.name,
+                                        ranked=opts.dist is not None or torchrun.is_launcher(self.argv))
         return exp_dir
 
     def emit(self, kind: str, data: dict, **context: object) -> None:
@@ -105,6 +111,8 @@ class Session:
             event["node"] = self.node
         self.writer.write_events([event])
         self.writer.flush()
+        if self.live is not None:
+            self.live.feed([event])
         self.state.apply(event)
 
     def say(self, text: str) -> None:
@@ -138,6 +146,8 @@ class Session:
         if not events:
             return
         self.writer.write_events(events)
+        if self.live is not None:
+            self.live.feed(events)
         if self.hangs is not None:
             self.hangs.observe(events)
         if self.recovery is not None and (t := self.recovery.passed(events)) is not None:
@@ -186,6 +196,8 @@ class Session:
             self.monitor.stop()
             nvml.close()
             summary = self.writer.close(status)
+            if self.live is not None:
+                self.live.close()
             self._farewell(summary)
             self._notify_end(summary)
 
