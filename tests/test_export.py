@@ -181,4 +181,5 @@ def test_live_tensorboard_export_grows_with_the_run(tmp_path: Path) -> None:
 def test_live_export_refuses_another_target(runner: Runner) -> None:
     proc = runner.run("run", "--export", "mlflow:x", script("steps.py"))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "tlog: error: --export 'mlflow:x': use tensorboard:DIR (live export supports TensorBoard)"
+    assert proc.stderr.strip() == ("tlog: error: --export 'mlflow:x': use tensorboard:DIR "
+                                   "(live export supports TensorBoard)")
