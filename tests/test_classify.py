@@ -378,3 +378,26 @@ def test_unknown_says_the_last_exception_seen_and_classify_shows_the_remedy(tmp_
     assert "remedy    lower the batch size" in capsys.readouterr().out
     assert classify_command(str(log), as_json=True) == 0
     assert json.loads(capsys.readouterr().out)["remedy"].startswith("lower the batch size")
+
+
+def test_classify_reads_the_tail_of_a_huge_log_and_refuses_empty_or_binary(tmp_path, capsys) -> None:
+    """A 100 MB log answers from its tail in well under a second; an empty or binary file is one line, exit 2."""
+    import time
+
+    log = tmp_path / "slurm-1234.out"
+    noise = "Epoch 3:  41%|####      | 4100/10000 [12:01<17:18, 5.68it/s, loss=0.2314]\n" * 4096
+    with log.open("w") as fh:
+        for _ in range(100 * 1024 * 1024 // len(noise) + 1):
+            fh.write(noise)
+        fh.write(EXTRA["enospc"][1] + "\n")
+    assert log.stat().st_size > 100 * 1024 * 1024
+    start = time.perf_counter()
+    assert classify_command(str(log), as_json=True) == 0
+    assert time.perf_counter() - start < 1.0
+    assert json.loads(capsys.readouterr().out)["rule"] == "disk_full"
+    for name, content, reason in (("empty.log", b"", "it is empty"), ("blank.log", b"\n \n", "it is empty"),
+                                  ("model.pt", bytes(range(256)) * 64, "it is binary, not a log or traceback")):
+        (tmp_path / name).write_bytes(content)
+        assert classify_command(str(tmp_path / name), as_json=False) == 2
+        out = capsys.readouterr()
+        assert out.out == "" and out.err == f"tlog: error: cannot read {tmp_path / name}: {reason}\n"

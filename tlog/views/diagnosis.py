@@ -26,10 +26,33 @@ def render_diagnosis(d: Diagnosis) -> str:
     return "\n".join(lines)
 
 
+TAIL_BYTES = 512 * 1024  # a failure is at the end of its log; a whole 100 MB log would take seconds to parse
+
+
+_TEXT_BYTES = bytes(range(32, 256)) + b"\t\n\r\x0c\x1b"  # what is left after deleting these is binary
+
+
+class Unreadable(Exception):
+    """The input is not a log: empty, or binary."""
+
+
 def _read(source: str) -> str:
+    """The last ``TAIL_BYTES`` of the log, from a line start; stdin is read whole (a paste is small)."""
     if source == "-":
-        return sys.stdin.read()
-    return Path(source).read_text(encoding="utf-8", errors="replace")
+        stdin = getattr(sys.stdin, "buffer", None)  # a text stream without bytes when stdin is replaced
+        data = (stdin.read() if stdin else sys.stdin.read().encode())[-TAIL_BYTES:]
+    else:
+        with Path(source).open("rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(max(0, size - TAIL_BYTES))
+            data = fh.read()
+            if size > TAIL_BYTES:
+                data = data[data.find(b"\n") + 1:]
+    if not data.strip():
+        raise Unreadable("it is empty")
+    if len(data.translate(None, _TEXT_BYTES)) > len(data) // 20:  # logs have few control bytes; binaries many
+        raise Unreadable("it is binary, not a log or traceback")
+    return data.decode("utf-8", errors="replace")
 
 
 def classify_command(source: str, as_json: bool) -> int:
@@ -37,7 +60,7 @@ def classify_command(source: str, as_json: bool) -> int:
     traceback, since people run this on the output of a crash and need the answer, not another crash."""
     try:
         text = _read(source)
-    except (OSError, UnicodeError) as exc:
+    except (OSError, UnicodeError, Unreadable) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"tlog: error: cannot read {source}: {reason}", file=sys.stderr)
         return 2
