@@ -88,6 +88,17 @@ def test_crash_in_each_phase_is_diagnosed(runner: Runner, mode: str) -> None:
         assert 'crash_phase.py", line' in err["traceback"]
 
 
+def test_a_kill_after_a_finished_save_is_not_blamed_on_checkpointing(runner: Runner) -> None:
+    """The save returned, so the phase it entered is over: the kill happened in training."""
+    res = runner.run("run", "--name", "savekill", script("crash_phase.py"), "savekill")
+    assert res.returncode == 128 + signal.SIGKILL and "STEP 3" in res.stdout
+    (err,) = _errors(runner, "savekill")
+    assert (err["signal"], err["step"]) == (signal.SIGKILL, 3)
+    assert err["phase"] != "checkpoint_saving" and "checkpoint" not in err["cause"], err
+    phases = [e["data"]["phase"] for e in runner.events("savekill") if e["kind"] == "phase"]
+    assert phases[-2] == "checkpoint_saving" and phases[-1] != "checkpoint_saving", phases
+
+
 def test_sigkill_is_told_from_the_oom_killer_with_the_memory_timeline(runner: Runner) -> None:
     res = runner.run("run", "--name", "kill", "--monitor-interval", "0.1", "--log-every", "1",
                      script("crash_phase.py"), "sigkill")

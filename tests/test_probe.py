@@ -72,8 +72,9 @@ def test_every_step_exact_with_validation_checkpoints_config_and_nan(runner: Run
     for c in ckpts:
         assert c["data"]["bytes"] == Path(c["data"]["path"]).stat().st_size > 0
     phases = [(p["step"], p["data"]["phase"]) for p in by_kind(runner, "main", "phase")]
-    assert phases == [(5, "validation"), (5, "checkpoint_saving"), (5, "checkpoint_saving"),
-                      (10, "validation"), (10, "checkpoint_saving"), (10, "checkpoint_saving")]
+    assert phases == [(5, "validation"), (5, "checkpoint_saving"), (5, "forward_pass"), (5, "checkpoint_saving"),
+                      (5, "forward_pass"), (10, "validation"), (10, "checkpoint_saving"), (10, "forward_pass"),
+                      (10, "checkpoint_saving"), (10, "forward_pass")], "each finished save ends its phase"
     assert printed(res.stdout, "SUB") == [["'child-ok\\n'"]], "a captured child's output stays clean"
     assert not any("leak" in e["data"] for e in by_kind(runner, "main", "metrics"))
     config = json.loads((runner.exp("main") / "training_config.json").read_text())

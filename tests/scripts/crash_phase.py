@@ -8,6 +8,7 @@
     ckpt       resumes from a truncated checkpoint file
     args       an unknown command-line option (argparse exits 2)
     sigkill    the process is SIGKILLed at step 3
+    savekill   saves a checkpoint at step 3 (the save returns), then is SIGKILLed
     segv       a native crash (SIGSEGV, NULL read through ctypes) at step 3
     hang       sleeps forever after step 3, printing READY
     stall      a DataLoader worker blocks forever on batch 2
@@ -20,7 +21,8 @@ import signal
 import sys
 import time
 
-MODES = ("worker", "shape", "target", "backward", "optimizer", "ckpt", "args", "sigkill", "segv", "hang", "stall")
+MODES = ("worker", "shape", "target", "backward", "optimizer", "ckpt", "args", "sigkill", "savekill", "segv", "hang",
+         "stall")
 p = argparse.ArgumentParser()
 p.add_argument("mode", choices=MODES)
 p.add_argument("--steps", type=int, default=6)
@@ -71,7 +73,9 @@ for step, (x, y) in enumerate(loader, start=1):
         loss.backward()
     opt.step()
     print(f"STEP {step} {loss.item()!r}", flush=True)
-    if step == 3 and args.mode == "sigkill":
+    if step == 3 and args.mode == "savekill":
+        torch.save(model.state_dict(), "ck.pt")
+    if step == 3 and args.mode in ("sigkill", "savekill"):
         os.kill(os.getpid(), signal.SIGKILL)
     if step == 3 and args.mode == "segv":
         ctypes.string_at(0)

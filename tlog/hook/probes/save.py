@@ -4,7 +4,9 @@ The checkpoint event is sent after the save returns, so the newest one
 announced is complete (what a restart resumes from).  Entering the save is a
 ``checkpoint_saving`` phase event (progress for hang detection; a crash
 inside names it), and the pending metrics are reported first, so the
-checkpoint's step has its row.
+checkpoint's step has its row.  Leaving it is a phase event too (back to the
+phase before, ``training`` if there was none): a kill after a finished save
+is not the checkpoint's.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Saves:
         target = target_of(f)
         em = self.probe.em
         em.phase = phase
+        em.emit("phase", {"phase": phase or "training"}, step=em.step, epoch=em.epoch, batch=em.batch)
         if target is not None:
             data = {"path": target[0], "bytes": target[1]}
             total = self.probe.total_batches
