@@ -11,7 +11,7 @@ import pytest
 from conftest import Runner
 from test_reports import T0, append, run_events, write_run
 
-from tlog.store import columns, layout
+from tlog.store import columns, layout, safefile
 from tlog.views import series
 from tlog.views.plot import PlotError, PlotOptions, build_figure
 
@@ -183,3 +183,26 @@ def test_plot_command_writes_png_and_refuses_other_formats(runner: Runner) -> No
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = runner.run("plot", "p", "-o", "out.gif")
     assert res.returncode == 2 and res.stderr == "tlog: error: cannot write 'out.gif': use a .png, .svg or .pdf file\n"
+
+
+def test_the_store_never_writes_through_a_planted_link(runner: Runner, tmp_path: Path) -> None:
+    """A shared log dir: a link planted at an output's path is replaced, its target never written."""
+    write_run(runner.log_dir, "p", run_events(30))
+    victim = tmp_path / "colleague.txt"
+    victim.write_text("mine")
+    exp = runner.exp("p")
+    (exp / "plots").mkdir(exist_ok=True)
+    png = exp / "plots" / "training_progress.png"
+    png.symlink_to(victim)
+    (exp / "training_summary.json").unlink(missing_ok=True)
+    (exp / "training_summary.json").symlink_to(victim)
+    res = runner.run("plot")
+    assert res.returncode == 0, res.stderr
+    assert not png.is_symlink() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert victim.read_text() == "mine"
+    assert not [p.name for p in (exp / "plots").iterdir() if p.name.endswith(".tmp")], "no temporary file left"
+    (exp / "events.jsonl").rename(exp / "moved.jsonl")
+    (exp / "events.jsonl").symlink_to(victim)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        safefile.open_append(exp / "events.jsonl")
+    assert victim.read_text() == "mine"

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tlog.store import safefile
+
 if TYPE_CHECKING:
     from tlog.compat.tracker import TrainingProgressTracker
 
@@ -50,5 +52,6 @@ def draw(tracker: TrainingProgressTracker, save_dir: Path, config: dict[str, Any
     fig.tight_layout()
     save_dir.mkdir(parents=True, exist_ok=True)
     path = save_dir / f"training_progress.{fmt}"
-    fig.savefig(path, dpi=dpi, format=fmt)
+    with safefile.replacing(path) as f:
+        fig.savefig(f, dpi=dpi, format=fmt)
     return path

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog import protocol
-from tlog.store import layout
+from tlog.store import layout, safefile
 
 VERSION = 1
 DIRNAME = ".tlog/columns"
@@ -231,7 +231,7 @@ class _Sink:
     def flush(self, scan: Scan) -> None:
         for series in scan.series.values():
             if series.buf:
-                with open(self.dir / f"{series.id}.f8", "ab") as f:
+                with safefile.open_append(self.dir / f"{series.id}.f8") as f:
                     series.buf.tofile(f)
                 series.n += len(series.buf) // 4
                 del series.buf[:]
@@ -270,7 +270,7 @@ def _locked(cdir: Path, wanted: bool) -> Iterator[bool]:
     if wanted:
         try:
             cdir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(cdir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(cdir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             if fd is not None:

@@ -8,10 +8,11 @@ appended, never rewritten per row.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from tlog.store import safefile
 
 MAX_COLUMNS = 512
 
@@ -21,7 +22,7 @@ class CsvTable:
         self.path = path
         self.columns: list[str] = list(columns)
         self._template: dict[str, Any] = dict.fromkeys(self.columns)
-        self._file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - owned by this object
+        self._file = safefile.open_append(path, "a", newline="", encoding="utf-8")  # owned by this object
         self._writer = csv.writer(self._file)
         self.dropped: set[str] = set()
         if self._file.tell() == 0 and self.columns:
@@ -56,17 +57,15 @@ class CsvTable:
     def _rewrite(self, added: int) -> None:
         """Copy the file with the wider header and padded rows, then swap it in."""
         self._file.close()
-        tmp = self.path.with_name(self.path.name + ".tmp")
         with open(self.path, newline="", encoding="utf-8") as src, \
-                open(tmp, "w", newline="", encoding="utf-8") as dst:
+                safefile.replacing(self.path, "w", newline="", encoding="utf-8") as dst:
             reader, writer = csv.reader(src), csv.writer(dst)
             next(reader, None)
             writer.writerow(self.columns)
             pad = [""] * added
             for old in reader:
                 writer.writerow(old + pad)
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        self._file = safefile.open_append(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
 
     def flush(self) -> None:

@@ -9,7 +9,6 @@ at most once a second.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog import protocol
-from tlog.store import layout, snapshot
+from tlog.store import layout, safefile, snapshot
 from tlog.store.csvfile import CsvTable
 from tlog.store.metrics_rows import MetricsRows
 from tlog.store.summary import SummaryBuilder, merge_error_update
@@ -29,10 +28,8 @@ SUMMARY_EVERY_S = 5.0
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Replace ``path`` atomically, so a reader never sees half a document."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(protocol.dumps(obj))
-    os.replace(tmp, path)
+    """Replace ``path`` atomically, so a reader never sees half a document (never through a planted link)."""
+    safefile.replace_bytes(path, protocol.dumps(obj))
 
 
 def log_line(t: float, tag: str, text: str) -> str:
@@ -51,8 +48,8 @@ class ExperimentWriter:
         self.experiment = experiment or self.dir.name
         self.node = node
         self._lock = threading.Lock()
-        self._events = open(self._path(layout.EVENTS), "ab")  # noqa: SIM115 - closed in close()
-        self._log = open(self._path(layout.LOG), "a", encoding="utf-8")  # noqa: SIM115
+        self._events = safefile.open_append(self._path(layout.EVENTS))
+        self._log = safefile.open_append(self._path(layout.LOG), "a", encoding="utf-8")
         columns = (*MetricsRows.COLUMNS, "rank") if ranked else MetricsRows.COLUMNS
         self.rows = MetricsRows(CsvTable(self._path(layout.METRICS_CSV), columns))
         self._system: CsvTable | None = None
@@ -146,7 +143,7 @@ class ExperimentWriter:
         """tlog's own message, for training.log (appended to the file after ``close``: what a notifier did)."""
         with self._lock:
             if self.closed:
-                with open(self._path(layout.LOG), "a", encoding="utf-8") as f:
+                with safefile.open_append(self._path(layout.LOG), "a", encoding="utf-8") as f:
                     f.write(log_line(time.time(), "[tlog]", text))
                 return
         self.write_output("[tlog]", [text])

@@ -20,7 +20,7 @@ import numpy as np
 
 from tlog.direction import metric_mode
 from tlog.store import columns as cols
-from tlog.store import layout
+from tlog.store import layout, safefile
 from tlog.views import series as S
 
 FORMATS = ("png", "svg", "pdf")
@@ -104,7 +104,8 @@ def write_plot(exp_dirs: list[Path], output: Path | None, opts: PlotOptions) -> 
     fig = build_figure(exp_dirs, opts)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format=fmt)
+        with safefile.replacing(out) as f:
+            fig.savefig(f, format=fmt)
     except OSError as exc:
         raise PlotError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
