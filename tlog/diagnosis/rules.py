@@ -221,6 +221,15 @@ RULES: tuple[Rule, ...] = (
          message=r"TCPStore|DistNetworkError|DistStoreError|Rendezvous\w*Error|client socket has timed out|"
                  r"Socket Timeout|store->get|Address already in use|EADDRINUSE|"
                  r"[Tt]imed out initializing process group|wait timeout after"),
+    Rule("dataloader_worker_crashed", SYSTEM, "a DataLoader worker crashed (native)", phase="data_loading",
+         remedy="a native crash in a worker (a decoder or extension): reproduce with num_workers=0 under "
+                "python -X faulthandler",
+         reason="a worker killed by SIGSEGV/SIGABRT/SIGILL is a native crash; it explains the broken pipes and "
+                "EOFErrors chained below it, which are symptoms",
+         message=r"DataLoader worker \(pids?\(?s?\)? ?[\d, ]+\) is killed by signal: (?!Killed|Bus error)",
+         line=r"Unexpected (?:segmentation fault|floating-point exception|illegal instruction|abort\w*) "
+              r"encountered in worker",
+         facts=(("by signal: {}", r"killed by signal: ([\w ]+)"),)),
     Rule("worker_connection", DATA, "lost the connection to a DataLoader worker (a worker died)",
          reason="socket errors inside multiprocessing frames are DataLoader IPC, not the network",
          types=("ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError", "EOFError"),
