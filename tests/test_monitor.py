@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tlog.supervisor.limits import MemoryScope, memory_limit, oom_kill_count
+from tlog.supervisor.limits import MemoryScope, memory_limit, memory_scope, oom_kill_count
 from tlog.supervisor.monitor import GPU_FIELDS, HOST_COLUMNS, Monitor, Thresholds, columns
 from tlog.supervisor.nvml import NvmlGateway
 
@@ -315,8 +316,12 @@ def test_memory_limit_and_oom_counter_on_this_machine() -> None:
     limit, source = memory_limit()
     assert limit > 0 and source in {"cgroup v2", "cgroup v1", "physical"}
     assert memory_limit(os.getpid()) == (limit, source)
-    count = oom_kill_count()
-    assert count is None or count >= 0
+    scope, count = memory_scope(), oom_kill_count()
+    if not scope.dirs:  # no memory cgroup: the kernel keeps no counter for us
+        assert count is None and source == "physical"
+        return
+    counters = (scope.dirs[0] / ("memory.events" if scope.version == 2 else "memory.oom_control")).read_text()
+    assert count == int(re.search(r"^oom_kill (\d+)$", counters, re.M)[1]), "the kernel's own counter, as it reads"
 
 
 def _cgroup_dir(path: Path, files: dict[str, str]) -> Path:
