@@ -1,4 +1,9 @@
-"""Real tiny framework jobs under `tlog run`, compared with the framework's own record of the same run."""
+"""Real tiny framework jobs under `tlog run`, compared with the framework's own record of the same run.
+
+Each framework job is one process (or one restarted pair) shared by the checks on it: HF Trainer without
+accumulation (eval and checkpoints every 4 steps), and with accumulation 4, a collator that raises in the first
+attempt and `--restart on-failure`, resumed by Trainer from its newest checkpoint directory.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +21,96 @@ def _metrics(exp: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def hf_accum1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Runner, list[dict], list[dict]]:
-    """One tlog run of the tiny HF Trainer job (8 steps, no accumulation), shared by the HF tests."""
-    runner = Runner(tmp_path_factory.mktemp("hf1"))
+class Job:
+    def __init__(self, runner: Runner, name: str, out: Path) -> None:
+        self.runner, self.name = runner, name
+        self.rows = _metrics(runner.exp(name))
+        self.events = runner.events(name)
+        self.history = json.loads((out / "log_history.json").read_text())
+        self.out = out
+
+    def train_history(self) -> dict[int, dict]:
+        return {h["step"]: h for h in self.history if "loss" in h}
+
+    def eval_history(self) -> dict[int, dict]:
+        return {h["step"]: h for h in self.history if "eval_loss" in h}
+
+
+def _hf_job(factory: pytest.TempPathFactory, name: str, options: tuple[str, ...], args: tuple[str, ...]) -> Job:
+    runner = Runner(factory.mktemp(name))
     out = runner.cwd / "out"
-    r = runner.run("run", "--name", "hf", "--log-every", "1", script("hf_trainer.py"), "--out", str(out),
-                   "--accum", "1", env=clean_env(HF_HUB_OFFLINE="1"), timeout=180)
+    r = runner.run("run", "--name", name, "--log-every", "1", *options, script("hf_trainer.py"), "--out", str(out),
+                   "--eval-steps", "4", "--save-steps", "4", *args, env=clean_env(HF_HUB_OFFLINE="1"), timeout=240)
     assert r.returncode == 0, r.stderr
-    history = json.loads((out / "log_history.json").read_text())
-    return runner, _metrics(runner.exp("hf")), [h for h in history if "loss" in h]
+    return Job(runner, name, out)
 
 
-def test_hf_trainer_loss_and_lr_match_log_history(hf_accum1: tuple[Runner, list[dict], list[dict]]) -> None:
-    _, rows, history = hf_accum1
-    assert len(history) == 8
-    assert [int(r["step"]) for r in rows] == [h["step"] for h in history]
-    for row, h in zip(rows, history, strict=True):
+@pytest.fixture(scope="module")
+def hf_accum1(tmp_path_factory: pytest.TempPathFactory) -> Job:
+    return _hf_job(tmp_path_factory, "hf1", (), ("--accum", "1"))
+
+
+@pytest.fixture(scope="module")
+def hf_accum4(tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """Accumulation 4; the collator raises in step 6 of the first attempt, after checkpoint-4."""
+    return _hf_job(tmp_path_factory, "hf4", ("--restart", "on-failure", "--restart-on", "all", "--backoff", "0"),
+                   ("--accum", "4", "--crash-at", "26"))
+
+
+def _assert_steps_match(job: Job) -> None:
+    history = job.train_history()
+    assert sorted(history) == list(range(1, 9))
+    assert {int(r["step"]) for r in job.rows} == set(history)
+    for row in job.rows:
+        h = history[int(row["step"])]
         assert math.isclose(float(row["loss"]), h["loss"], rel_tol=1e-6), (row, h)
         assert math.isclose(float(row["learning_rate"]), h["learning_rate"], rel_tol=1e-9), (row, h)
+        assert math.isclose(float(row["gradient_norm"]), h["grad_norm"], rel_tol=1e-6), (row, h)
+        assert float(row["epoch_progress"]) == h["epoch"]
+        assert int(row["epoch"]) == math.ceil(h["epoch"]) - 1  # 1.0, the end of the first epoch, is epoch 0
+
+
+def _assert_validation_one_series(job: Job) -> None:
+    evals = job.eval_history()
+    assert sorted(evals) == [4, 8]
+    assert not any(k.startswith("validation_loss/") for k in job.rows[0]), "one series, not one per eval loader"
+    got = {int(r["step"]): float(r["validation_loss"]) for r in job.rows if r["validation_loss"]}
+    assert set(got) == set(evals)
+    for step, value in got.items():
+        assert math.isclose(value, evals[step]["eval_loss"], rel_tol=1e-6), (step, value, evals[step])
+
+
+def _checkpoints(job: Job) -> list[tuple[int, str, int]]:
+    return [(e["step"], e["data"]["path"], e.get("attempt")) for e in job.events if e["kind"] == "checkpoint"]
+
+
+def test_hf_trainer_matches_log_history(hf_accum1: Job) -> None:
+    _assert_steps_match(hf_accum1)
+    assert len(hf_accum1.rows) == 8
+
+
+def test_hf_trainer_validation_is_one_series_of_eval_loss(hf_accum1: Job) -> None:
+    _assert_validation_one_series(hf_accum1)
+
+
+def test_hf_trainer_checkpoint_directories_counted_once(hf_accum1: Job) -> None:
+    hf = hf_accum1.out / "hf"
+    assert _checkpoints(hf_accum1) == [(4, str(hf / "checkpoint-4"), 1), (8, str(hf / "checkpoint-8"), 1)]
+    summary = json.loads((hf_accum1.runner.exp("hf1") / "training_summary.json").read_text())
+    assert summary["status"] == "finished" and summary["checkpoints"]["count"] == 2, summary
+
+
+def test_hf_trainer_accumulation_4_matches_log_history(hf_accum4: Job) -> None:
+    _assert_steps_match(hf_accum4)
+    _assert_validation_one_series(hf_accum4)
+
+
+def test_hf_trainer_collator_crash_is_data_loading_and_restart_resumes(hf_accum4: Job) -> None:
+    errors = json.loads((hf_accum4.runner.exp("hf4") / "training_errors.json").read_text())
+    assert [(e["category"], e["attempt"]) for e in errors] == [("data_loading", 1)], errors
+    hf = hf_accum4.out / "hf"
+    assert _checkpoints(hf_accum4) == [(4, str(hf / "checkpoint-4"), 1), (8, str(hf / "checkpoint-8"), 2)]
+    starts = [e["data"] for e in hf_accum4.events if e["kind"] == "attempt" and e["data"]["event"] == "start"]
+    assert starts[1].get("resume_checkpoint") == str(hf / "checkpoint-4"), starts
+    second = [int(r["step"]) for r in hf_accum4.rows][-4:]
+    assert second == [5, 6, 7, 8]  # Trainer resumed at its global step 4: the steps continue

@@ -2,7 +2,7 @@
 
 Kept to a few milliseconds: the emitter, the crash hooks, a meta and a config
 event, and a finder that installs the probes only if and when the script
-imports the module they patch (torch, argparse).
+imports the module they patch (torch, argparse, a framework: see ``frameworks``).
 
 Only one process speaks for the run on its pipe.  Processes that inherit the
 hook but are not the training script's own voice stay silent:
@@ -54,7 +54,9 @@ def start() -> None:
     em.emit("meta", {**{k: env[k] for k in ("argv", "cwd", "pid", "python", "executable")}, **_torchrun_worker()})
     em.emit("config", {"environment": env})
     if os.environ.get(ENV_NO_INSTRUMENT) != "1":
-        ImportWatcher({"torch": _install_torch_probe, "argparse": _install_args_probe}).arm()
+        from tlog.hook import frameworks
+
+        ImportWatcher({"torch": _install_torch_probe, "argparse": _install_args_probe, **frameworks.watched()}).arm()
 
 
 def environment() -> dict:

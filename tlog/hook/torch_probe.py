@@ -71,6 +71,11 @@ def install(em: Emitter, settings: Settings | None = None) -> Probe:
     return probe
 
 
+def current() -> Probe | None:
+    """The installed probe, for the framework adapters (None before torch is imported, or when it is off)."""
+    return _probe
+
+
 def _finish(probe: Probe) -> None:
     """At exit: an open validation pass and the unreported steps are sent; nothing read is lost."""
     try:

@@ -285,7 +285,7 @@ class Checkpoints:
                 return None
             path = os.path.abspath(max(files, key=os.path.getmtime))
             return self.points.get(path, ResumePoint(path, None))
-        if self.newest is not None and os.path.isfile(self.newest.path):
+        if self.newest is not None and os.path.exists(self.newest.path):  # a file, or a framework's directory
             return self.newest
         return None
 

@@ -92,6 +92,8 @@ class Reporter:
             self.next_t = perf_counter() + (0.0 if self.every else AUTO_INTERVAL_S)
             self.next_step = self._next_multiple()
         em.emit_deferred(held, summary.extra)
+        if probe.owned:  # a framework adapter's numbers (tlog/hook/frameworks) win: not the probe's guess
+            data = {k: v for k, v in data.items() if k not in probe.owned}
         em.metrics(data, probe.step, epoch, batch, src="auto")
         if any(st.dead for st in probe.optimizers):  # reported for the last time
             probe.optimizers = [st for st in probe.optimizers if not st.dead or st is probe.primary]

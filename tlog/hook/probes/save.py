@@ -1,5 +1,10 @@
 """Checkpoints: every ``torch.save`` to a path, or to a file object that has a name.
 
+A framework's checkpoint is a directory of several files (HF's ``checkpoint-N/``: safetensors, optimizer,
+scheduler, RNG state, trainer_state.json); its adapter wraps the whole save in ``Saves.around`` with the
+directory as target, so it is one checkpoint (the directory, what the framework resumes from) and the
+``torch.save`` calls inside it are not checkpoints of their own.
+
 The checkpoint event is sent after the save returns, so the newest one
 announced is complete (what a restart resumes from).  Entering the save is a
 ``checkpoint_saving`` phase event (progress for hang detection; a crash
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,11 +27,12 @@ from tlog.hook.probes.state import Probe, Undo
 
 
 def target_of(f: Any) -> tuple[str, int | None] | None:
-    """(absolute path, bytes written) of a save target; None for an in-memory buffer."""
+    """(absolute path, bytes written) of a save target (a directory: its files together); None for an
+    in-memory buffer."""
     if isinstance(f, (str, os.PathLike)):
         path = os.fspath(f)
         try:
-            return os.path.abspath(path), os.path.getsize(path)
+            return os.path.abspath(path), _tree_bytes(path) if os.path.isdir(path) else os.path.getsize(path)
         except OSError:
             return os.path.abspath(path), None
     name = getattr(f, "name", None)
@@ -36,6 +43,10 @@ def target_of(f: Any) -> tuple[str, int | None] | None:
     except (OSError, AttributeError, ValueError):
         size = None
     return os.path.abspath(name), size
+
+
+def _tree_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
 class Saves:
@@ -64,30 +75,35 @@ class Saves:
                     batch=em.batch)
         self.probe.idle()
 
+    def around(self, save: Callable[[], Any], target: Any) -> Any:
+        """Run ``save`` as one checkpoint written to ``target`` (a path, a named file, or a directory)."""
+        if self.depth or "save" in self.probe.off:
+            return save()
+        probe = self.probe
+        phase = probe.em.phase
+        try:
+            self.before()
+        except Exception as exc:  # noqa: BLE001
+            probe.fail("save", exc)
+        self.depth += 1
+        try:
+            result = save()  # a failing save leaves the phase at checkpoint_saving
+        finally:
+            self.depth -= 1
+        try:
+            self.after(target, phase)
+        except Exception as exc:  # noqa: BLE001
+            probe.fail("save", exc)
+        return result
+
 
 def patch(probe: Probe) -> Undo:
-    saves = Saves(probe)
+    saves = probe.saves = Saves(probe)
     original = torch.save
 
     @functools.wraps(original)
     def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
-        if saves.depth:
-            return original(obj, f, *args, **kwargs)
-        phase = probe.em.phase
-        try:
-            saves.before()
-        except Exception as exc:  # noqa: BLE001
-            probe.fail("save", exc)
-        saves.depth += 1
-        try:
-            result = original(obj, f, *args, **kwargs)  # a failing save leaves the phase at checkpoint_saving
-        finally:
-            saves.depth -= 1
-        try:
-            saves.after(f, phase)
-        except Exception as exc:  # noqa: BLE001
-            probe.fail("save", exc)
-        return result
+        return saves.around(lambda: original(obj, f, *args, **kwargs), f)
 
     torch.save = save
     torch.serialization.save = save

@@ -117,6 +117,8 @@ class Probe:
         self.side_watchers: dict[str, Callable[[bool], None]] = {}  # patches that are on only in a side pass
         self.total_batches: int | None = None
         self.reporter = Reporter(self)
+        self.saves: Any = None  # save.Saves, once the torch.save patch is in (framework adapters use it)
+        self.owned: frozenset[str] = frozenset()  # names a framework adapter reports itself: left out of the rows
         self.undoers: dict[str, Undo] = {}
         em.locate = self.locate
 

@@ -1,0 +1,88 @@
+"""Framework adapters: the numbers a training framework itself computes and logs, recorded as they are.
+
+Each adapter is installed by the start-up import watcher right after the
+script (or a library it uses) imports the framework module it patches, and
+never before: nothing here imports a framework the script did not import.
+An adapter reads what the framework already hands its own loggers (the dict
+``transformers.Trainer.log`` receives; what Lightning gives its loggers'
+``log_metrics``) with the framework's own step, and sends it as explicit
+metrics (``src`` names the framework), so it wins over the generic probe's
+value of the same name at the same step.  The names it owns outright (the
+probe's backward scalars are pre-divided by gradient accumulation and are not
+the framework's loss) are left out of the probe's rows, and the probe's own
+validation capture stays off: the framework's eval values are the validation
+series.  Like every probe, an adapter that fails says so once and switches
+itself off; the framework goes on untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tlog.hook import emitter
+
+
+def watched() -> dict[str, Callable[[], None]]:
+    """Module name -> installer, for the start-up import watcher."""
+    return {"transformers.trainer": _installer("hf"),
+            "lightning.pytorch.trainer.connectors.logger_connector.logger_connector": _installer("lightning"),
+            "pytorch_lightning.trainer.connectors.logger_connector.logger_connector": _installer("lightning")}
+
+
+def _installer(name: str) -> Callable[[], None]:
+    def install() -> None:
+        em = emitter.get()
+        try:
+            if name == "hf":
+                from tlog.hook.frameworks import hf as adapter
+            else:
+                from tlog.hook.frameworks import lightning as adapter
+            adapter.install(em)
+        except Exception as exc:  # noqa: BLE001 - an unexpected framework version: the generic probes remain
+            em.warn_once(f"probe-{name}", f"tlog {name} adapter disabled: {exc!r}", "probe")
+
+    return install
+
+
+def take_over(names: frozenset[str]) -> None:
+    """The framework reports ``names`` itself, and its own validation: the probe leaves both to it."""
+    from tlog.hook import torch_probe
+
+    probe = torch_probe.current()
+    if probe is None:
+        return
+    probe.owned |= names
+    watch = probe.side_watchers.pop("validation", None)  # loss calls in eval passes: the framework's eval_* win
+    if watch is not None:
+        watch(False)
+
+
+def checkpoint(save: Callable[[], object], target: str) -> object:
+    """Run a framework's whole checkpoint save as one checkpoint of ``target`` (a directory or a file)."""
+    from tlog.hook import torch_probe
+
+    probe = torch_probe.current()
+    if probe is None or probe.saves is None:
+        return save()
+    return probe.saves.around(save, target)
+
+
+def scalars(values: dict) -> dict:
+    """The plain numbers (and short strings) of a framework's log dict; lists, dicts and objects left out."""
+    return {k: v for k, v in values.items() if isinstance(k, str) and isinstance(v, (int, float, str))}
+
+
+_off: set[str] = set()
+
+
+def guard(em: emitter.Emitter, name: str, fn: Callable[..., object], *args: object) -> object:
+    """Run a step of an adapter; its first failure is said once and switches that adapter off (the framework's
+    own call has run, or runs, untouched)."""
+    if name in _off:
+        return None
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - an unexpected framework version
+        _off.add(name)
+        em.warn_once(f"probe-{name}", f"tlog {name} adapter disabled after an error: {exc!r}", "probe")
+        return None
