@@ -128,7 +128,8 @@ def test_figure_draws_the_smoothed_and_downsampled_series(tmp_path: Path) -> Non
     spike = next(e for e in events if e.get("step") == 3001 and "loss" in e["data"])
     spike["data"]["loss"] = 50.0
     exp = write_run(tmp_path, "long", events, status="failed")
-    fig = build_figure([exp], PlotOptions(smoothing=0.6, buckets=200))
+    opts = PlotOptions(smoothing=0.6, buckets=200)
+    fig = build_figure([exp], opts)
     lines = lines_by_gid(fig)
     steps = np.arange(1, 6001, dtype=float)
     loss = 10.0 / steps
@@ -143,13 +144,36 @@ def test_figure_draws_the_smoothed_and_downsampled_series(tmp_path: Path) -> Non
     val = lines["long|validation_loss|smooth"]
     assert val.axes is raw.axes and val.get_linestyle() == "--", "validation on its training twin's axes"
     assert raw.axes.get_yscale() == "log", "loss from 10 down to 0.0017 spans decades"
-    lr = lines["long|learning_rate|raw"]
-    assert "long|learning_rate|smooth" not in lines and np.all(lr.get_ydata() == 0.1)
+    assert not any(gid.startswith("long|learning_rate") for gid in lines), "a constant lr is a setting"
+    assert opts.notes == ["constant, not drawn: learning_rate (choose with --metric)"]
+    assert not [gid for gid in lines if gid.endswith(("|epochs", "|checkpoints"))], "1500 of each: not drawn"
     memory = lines["long|system/rss_max_mb|raw"].axes
     assert memory.get_title() == "memory (MB)" and lines["long|system/mem_limit_mb|raw"].axes is memory
     assert lines["long|system/mem_limit_mb|raw"].get_linestyle() == ":", "usage came close: the limit is drawn"
     errors = [ln for ln in raw.axes.get_lines() if ln.get_gid() == "long|errors"]
     assert [ln.get_xdata()[0] for ln in errors] == [4000]
+
+
+def test_short_run_marks_its_points_epochs_checkpoints_and_draws_one_throughput_panel(tmp_path: Path) -> None:
+    events = run_events(8, lr=0.1)
+    for e in events:
+        if e["kind"] == "metrics" and e.get("src") == "auto":
+            e["data"].update(learning_rate=0.1 / e["step"], steps_per_s=2.0 + e["step"],
+                             samples_per_s=32 * (2.0 + e["step"]), beta1=0.9)
+    exp = write_run(tmp_path, "short", events)
+    fig = build_figure([exp], PlotOptions(smoothing=0))
+    lines = lines_by_gid(fig)
+    assert lines["short|system/rss_max_mb|raw"].get_marker() == "o", "8 memory samples: drawn with markers"
+    steps_line, samples_line = lines["short|steps_per_s|raw"], lines["short|samples_per_s|raw"]
+    assert steps_line.axes is not samples_line.axes and steps_line.axes.get_title() == "throughput"
+    assert samples_line.axes.get_ylabel() == "samples/s" and list(samples_line.get_ydata()) == [
+        32.0 * (2 + s) for s in range(1, 9)]
+    assert sum(1 for ax in fig.axes if ax.get_title()) == 5, "loss, accuracy, learning rate, throughput, memory"
+    assert "short|beta1|raw" not in lines
+    loss_ax = lines["short|loss|raw"].axes
+    marks = {kind: sorted(ln.get_xdata()[0] for ln in loss_ax.get_lines() if ln.get_gid() == f"short|{kind}")
+             for kind in ("epochs", "checkpoints")}
+    assert marks == {"epochs": [5], "checkpoints": [4, 8]}, "epoch 1 starts at step 5; saves at 4 and 8"
 
 
 def test_overlay_restarts_and_x_axes(tmp_path: Path) -> None:
@@ -159,8 +183,9 @@ def test_overlay_restarts_and_x_axes(tmp_path: Path) -> None:
     b = write_run(tmp_path, "b", run_events(4, lr=0.01, t0=T0 + 1000))
     fig = build_figure([a, b], PlotOptions(metrics=["accuracy"], smoothing=0, x="epoch"))
     lines = lines_by_gid(fig)
-    assert sorted(lines) == ["a|accuracy|raw", "a|attempts", "a|system/rss_max_mb|raw", "b|accuracy|raw",
-                             "b|system/rss_max_mb|raw"], "the memory limits are far: in the title instead"
+    assert sorted(lines) == ["a|accuracy|raw", "a|attempts", "a|checkpoints", "a|system/rss_max_mb|raw",
+                             "b|accuracy|raw", "b|checkpoints", "b|system/rss_max_mb|raw"], \
+        "the memory limits are far: in the title instead; no epoch lines on an epoch axis"
     assert lines["a|accuracy|raw"].get_color() != lines["b|accuracy|raw"].get_color()
     assert lines["b|accuracy|raw"].get_xdata().tolist() == [0.0, 0.25, 0.5, 0.75]
     assert lines["a|attempts"].get_xdata()[0] == 1.75, "the restart, at the epoch the first attempt reached"

@@ -280,6 +280,8 @@ def test_summary_text_and_json(runner: Runner) -> None:
     assert "  RAM         103 MB peak of 1,000 MB, lowest headroom 897 MB" in lines
     assert "  errors      1 (memory 1)" in lines and "    - [memory] memory trouble at step 3" in lines
     assert "  config      lr=0.1, model.depth=4" in lines
+    assert "  constant    learning_rate=0.1" in lines, "a setting that never moved: once, not a metric row"
+    assert not [ln for ln in lines if ln.split()[:1] == ["learning_rate"]]
 
 
 def test_metric_direction_is_one_rule_for_panel_and_summary(runner: Runner) -> None:

@@ -55,6 +55,13 @@ def metric_mode(name: str, overrides: dict[str, str] | None = None) -> str | Non
     return None
 
 
+def constant_setting(mode: str | None, low: float | None, high: float | None, count: int) -> bool:
+    """A value logged more than once that never moved and whose name (``mode``, from ``metric_mode``) names
+    no result — Adam's betas, a fixed lr: a fact of the run's configuration, shown once, not a curve or a
+    metric row with a min and a max."""
+    return count > 1 and mode is None and low is not None and low == high
+
+
 def config_modes(data: dict[str, Any]) -> dict[str, str] | None:
     """The ``[metric_modes]`` a run used, from its config event (``tlog run`` saves them in tlog.settings)."""
     section = data.get("tlog")

@@ -8,7 +8,7 @@ from there when it grew, and rebuilt from scratch when it no longer matches.
 Layout of ``<exp>/.tlog/columns/``::
 
     index.json   offset reached, series (name -> file id, points on disk, the last point still pending),
-                 markers (errors, restarts), and the scan position (step, epoch, total_batches)
+                 markers (errors, restarts, checkpoint saves), and the scan position (step, epoch, total_batches)
     <id>.f8      one series: rows of (step, epoch, t, value), native float64, append-only
     lock         flock: one updater at a time
 
@@ -40,7 +40,7 @@ from typing import Any
 from tlog import protocol
 from tlog.store import layout, safefile
 
-VERSION = 1
+VERSION = 2
 DIRNAME = ".tlog/columns"
 CHUNK = 1 << 22
 BUDGET_CHUNK = 1 << 19
@@ -79,7 +79,8 @@ class Scan:
         self.total_batches: float | None = pos.get("total_batches")
         self.events: int = pos.get("events", 0)
         self.attempt: int | None = pos.get("attempt")
-        self.markers: dict[str, list[dict]] = {"errors": [], "attempts": [], **index.get("markers", {})}
+        self.markers: dict[str, list[dict]] = {"errors": [], "attempts": [], "checkpoints": [],
+                                                **index.get("markers", {})}
         self.series: dict[str, _Series] = {}
         for name, s in index.get("series", {}).items():
             pending = s.get("pending")
@@ -97,6 +98,8 @@ class Scan:
             self._system(event)
         elif kind == "error" and "update_of" not in event["data"]:
             self._marker("errors", event, category=event["data"].get("category"))
+        elif kind == "checkpoint":
+            self._marker("checkpoints", event)
         elif kind == "attempt" and event["data"].get("event") == "start" and (event["data"].get("attempt") or 1) > 1:
             self._marker("attempts", event, attempt=event["data"].get("attempt"))
 

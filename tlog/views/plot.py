@@ -1,11 +1,12 @@
 """``tlog plot``: training curves of one or several runs in one figure, fast at any length.
 
 Panels, top to bottom: each metric family (loss, accuracy, learning rate, then the others) with its
-validation twin on the same axes (dashed), then RAM and GPU memory.  Several experiments share the panels,
-one colour each.  A noisy curve is drawn faint, with its smoothed version (TensorBoard's debiased EMA) over
-it; learning rates and memory are drawn as they are.  Errors are red dashed lines, restarts grey dotted
-ones.  Data comes from the columns (``tlog.store.columns``), never from a per-event parse, and every line
-is downsampled so that spikes and the last point survive (``tlog.views.series``).
+validation twin on the same axes (dashed), throughput as one panel, then RAM and GPU memory.  Several
+experiments share the panels, one colour each.  A noisy curve is drawn faint, with its smoothed version
+(TensorBoard's debiased EMA) over it; learning rates and memory are drawn as they are; a short series gets
+markers.  Errors are red dashed lines, restarts grey dotted ones, checkpoint saves green dotted ones, epoch
+boundaries faint grey.  Data comes from the columns (``tlog.store.columns``), never from a per-event parse,
+and every line is downsampled so that spikes and the last point survive (``tlog.views.series``).
 
 ``build_figure`` returns the matplotlib Figure without saving it, so tests read back exactly what is drawn.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tlog.direction import metric_mode
+from tlog.direction import constant_setting, metric_mode
 from tlog.store import columns as cols
 from tlog.store import layout, safefile
 from tlog.views import series as S
@@ -26,6 +27,9 @@ from tlog.views import series as S
 FORMATS = ("png", "svg", "pdf")
 MAX_PANELS = 6
 FIRST = ("loss", "accuracy", "acc", "learning_rate", "lr")
+THROUGHPUT = ("steps_per_s", "samples_per_s")  # one panel: steps/s, samples/s on a second axis
+FEW_POINTS = 50  # up to this many points a line gets markers (one sample would be invisible without)
+MAX_LINES = 40  # more epoch or checkpoint lines than this would grey the whole panel: not drawn
 UNSMOOTHED = ("learning_rate", "lr", "momentum")
 X_COLUMN = {"step": cols.Columns.STEP, "epoch": cols.Columns.EPOCH, "time": cols.Columns.T}
 
@@ -164,27 +168,33 @@ def _groups(runs: list[_Run], opts: PlotOptions) -> dict[str, list[str]]:
         bases = {S.base_name(m) for m in opts.metrics}
         wanted = [m for m in available if m in opts.metrics or S.base_name(m) in bases]
     else:  # a value that never moved (Adam's betas, a fixed momentum) is a fact for the summary, not a curve
-        flat = [m for m in available if S.base_name(m) not in FIRST and _constant(runs, m)]
+        flat = [m for m in available if _constant(runs, m)]
         if flat:
             opts.notes.append(f"constant, not drawn: {', '.join(flat)} (choose with --metric)")
             wanted = [m for m in available if m not in flat]
     groups: dict[str, list[str]] = {}
     for name in wanted:
-        groups.setdefault(S.base_name(name), []).append(name)
+        groups.setdefault("throughput" if name in THROUGHPUT else S.base_name(name), []).append(name)
     order = sorted(groups, key=lambda b: (FIRST.index(b) if b in FIRST else len(FIRST), b))
     if len(order) > MAX_PANELS:
         opts.notes.append(f"{len(order) - MAX_PANELS} more metric(s) not drawn ({', '.join(order[MAX_PANELS:])}); "
                           f"choose with --metric")
         order = order[:MAX_PANELS]
-    return {b: sorted(groups[b], key=S.is_validation) for b in order}
+    return {b: sorted(groups[b], key=lambda m: (S.is_validation(m), m in THROUGHPUT[1:])) for b in order}
 
 
 def _constant(runs: list[_Run], name: str) -> bool:
-    import numpy as np
+    values = [r.columns.get(name)[:, cols.Columns.VALUE] for r in runs if name in r.columns.metrics]
+    finite = [v[~np.isnan(v)] for v in values if len(v)]
+    finite = [v for v in finite if len(v)]
+    if not finite:
+        return False
+    low, high = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
+    return constant_setting(metric_mode(name), low, high, sum(len(v) for v in finite))
 
-    values = [r.columns.get(name)[:, 3] for r in runs if name in r.columns.metrics]
-    finite = [v[~np.isnan(v)] for v in values]
-    return all(len(v) == 0 or v.min() == v.max() for v in finite) and len({v[0] for v in finite if len(v)}) <= 1
+
+def _points(y: np.ndarray) -> dict[str, Any]:
+    return {"marker": "o" if len(y) <= FEW_POINTS else None, "markersize": 3}
 
 
 class _Drawing:
@@ -207,26 +217,36 @@ class _Drawing:
         drawn = []
         opts = self.opts
         smooth = opts.smoothing if family not in UNSMOOTHED else 0.0
+        twin = None
+        if family == "throughput" and len(members) > 1:  # two units of one curve: samples/s on the right
+            twin = ax.twinx()
+            ax.set_ylabel("steps/s", fontsize="small")
+            twin.set_ylabel("samples/s", fontsize="small")
         for run in self.runs:
             for name in members:
                 if name not in run.columns.scan.series:
                     continue
+                target = twin if twin is not None and name != members[0] else ax
                 x, y = self.xy(run, name)
                 drawn.append(y)
                 label = name if len(self.runs) == 1 else f"{run.name}: {name}"
-                style = {"color": run.color, "linestyle": "--" if S.is_validation(name) else "-",
-                         "marker": "o" if len(y) <= 50 else None, "markersize": 3}
+                style = {"color": run.color, "linestyle": "--" if S.is_validation(name) or target is twin else "-",
+                         **_points(y)}
                 rx, ry = S.downsample(x, y, opts.buckets)
                 if smooth > 0 and len(y) > 1:
-                    ax.plot(rx, ry, alpha=0.25, linewidth=0.8, gid=f"{run.name}|{name}|raw", **style)
+                    target.plot(rx, ry, alpha=0.25, linewidth=0.8, gid=f"{run.name}|{name}|raw", **style)
                     sx, sy = S.downsample(x, S.smooth(y, smooth), opts.buckets)
-                    ax.plot(sx, sy, label=label, gid=f"{run.name}|{name}|smooth", **style)
+                    target.plot(sx, sy, label=label, gid=f"{run.name}|{name}|smooth", **style)
                 else:
-                    ax.plot(rx, ry, label=label, gid=f"{run.name}|{name}|raw", **style)
+                    target.plot(rx, ry, label=label, gid=f"{run.name}|{name}|raw", **style)
         ax.set_title(family.replace("_", " "))
         if metric_mode(family) == "min" and S.spans_decades(drawn):
             ax.set_yscale("log")
-        ax.legend(loc="best", fontsize="small")
+        handles, labels = ax.get_legend_handles_labels()
+        if twin is not None:
+            more = twin.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, loc="best", fontsize="small")
 
     def memory_panel(self, ax: Any, names: list[str]) -> None:
         """Used memory of RAM and each GPU; a limit is drawn only when usage comes within 4x of it, else the
@@ -241,7 +261,7 @@ class _Drawing:
                 what = "RAM" if key.startswith("rss") else key.split("_")[0].upper()
                 rx, ry = S.downsample(x, y, self.opts.buckets)
                 ax.plot(rx, ry, color=run.color, linestyle="-" if what == "RAM" else "-.", gid=f"{run.name}|{name}|raw",
-                        label=f"{what} used" + ("" if len(self.runs) == 1 else f" ({run.name})"))
+                        label=f"{what} used" + ("" if len(self.runs) == 1 else f" ({run.name})"), **_points(y))
             for name in (n for n in names if n in run.columns.scan.series and _is_limit(n)):
                 x, y = self.xy(run, name)
                 if y.size and used_max * 4 < float(np.nanmin(y)):
@@ -256,20 +276,43 @@ class _Drawing:
         ax.legend(loc="best", fontsize="small")
 
     def markers(self, ax: Any, label: bool) -> None:
-        """Errors (red dashed) and restarts (grey dotted) at the step, epoch or time they happened."""
+        """Errors (red dashed), restarts (grey dotted) and checkpoint saves (green dotted) at the step, epoch or
+        time they happened; on a step or time axis, the first step of each epoch (faint grey)."""
         for run in self.runs:
-            for kind, color, style in (("errors", "red", "--"), ("attempts", "grey", ":")):
-                for m in run.columns.markers.get(kind, []):
+            self.epoch_lines(ax, run)
+            for kind, color, style in (("errors", "red", "--"), ("attempts", "grey", ":"),
+                                       ("checkpoints", "green", ":")):
+                found = run.columns.markers.get(kind, [])
+                if kind == "checkpoints" and len(found) > MAX_LINES:
+                    continue
+                for m in found:
                     x = m.get(self.opts.x if self.opts.x != "time" else "t")
                     if x is None:
                         continue
                     if self.opts.x == "time":
                         x = (x - (run.columns.t0 or 0.0)) / self.scale
                     ax.axvline(x, color=color, linestyle=style, alpha=0.7, linewidth=1, gid=f"{run.name}|{kind}")
-                    if label:
+                    if label and kind != "checkpoints":
                         text = m.get("category") if kind == "errors" else f"attempt {m.get('attempt')}"
                         ax.annotate(str(text), (x, 1), xycoords=("data", "axes fraction"), rotation=90,
                                     fontsize=7, va="top", ha="right", color=color)
+
+
+    def epoch_lines(self, ax: Any, run: _Run) -> None:
+        """Where the epoch count turns over, read from the run's main series (loss, else its first metric)."""
+        names = run.columns.metrics
+        if self.opts.x == "epoch" or not names:
+            return
+        data = run.columns.get("loss" if "loss" in names else names[0])
+        epochs = np.floor(data[:, cols.Columns.EPOCH])
+        turns = np.nonzero(np.diff(epochs) > 0)[0] + 1
+        if len(turns) > MAX_LINES:
+            return
+        x = data[turns, X_COLUMN[self.opts.x]]
+        if self.opts.x == "time":
+            x = (x - (run.columns.t0 or 0.0)) / self.scale
+        for value in x:
+            ax.axvline(float(value), color="0.5", linewidth=0.8, alpha=0.3, gid=f"{run.name}|epochs")
 
 
 def _is_limit(name: str) -> bool:

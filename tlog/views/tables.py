@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from tlog.direction import constant_setting
 from tlog.report import LIVE, flatten
 from tlog.views.fmt import fmt_duration, fmt_num, fmt_time
 from tlog.views.ranks import error_rank_lines, print_ranks
@@ -101,6 +102,9 @@ def _metrics_table(metrics: dict[str, dict], console: Console) -> None:
     table.add_column("metric", no_wrap=True)
     for col in ("last", "best", "at step", "min", "max"):
         table.add_column(col, justify="right", no_wrap=True)
+    constant = {n: m for n, m in metrics.items()
+                if constant_setting(m.get("mode"), m.get("min"), m.get("max"), m.get("count") or 0)}
+    metrics = {n: m for n, m in metrics.items() if n not in constant}
     training = [n for n in metrics if not n.startswith(VALIDATION_PREFIXES)]
     validation = [n for n in metrics if n.startswith(VALIDATION_PREFIXES)]
     for names in (training, validation):
@@ -111,7 +115,10 @@ def _metrics_table(metrics: dict[str, dict], console: Console) -> None:
                           fmt_num(m.get("best_step")) if best else "", fmt_num(m.get("min")), fmt_num(m.get("max")))
         if names is training and validation and training:
             table.add_section()
-    console.print(table)
+    if metrics:
+        console.print(table)
+    if constant:
+        _line(console, "constant", ", ".join(f"{n}={fmt_num(m.get('last'))}" for n, m in constant.items()))
 
 
 def _resources(peaks: dict[str, Any], console: Console) -> None:
