@@ -2,7 +2,9 @@
 
 Each framework job is one process (or one restarted pair) shared by the checks on it: HF Trainer without
 accumulation (eval and checkpoints every 4 steps), and with accumulation 4, a collator that raises in the first
-attempt and `--restart on-failure`, resumed by Trainer from its newest checkpoint directory.
+attempt and `--restart on-failure`, resumed by Trainer from its newest checkpoint directory; Lightning with
+accumulate_grad_batches 1, and 2 with a shape error in training_step of the first attempt, resumed by fit from
+the newest .ckpt.
 """
 
 from __future__ import annotations
@@ -114,3 +116,82 @@ def test_hf_trainer_collator_crash_is_data_loading_and_restart_resumes(hf_accum4
     assert starts[1].get("resume_checkpoint") == str(hf / "checkpoint-4"), starts
     second = [int(r["step"]) for r in hf_accum4.rows][-4:]
     assert second == [5, 6, 7, 8]  # Trainer resumed at its global step 4: the steps continue
+
+
+# -- Lightning: CSVLogger's metrics.csv is the truth ----------------------------------------------------------------
+
+
+class LightningJob:
+    def __init__(self, runner: Runner, name: str, out: Path) -> None:
+        self.runner = runner
+        self.rows = _metrics(runner.exp(name))
+        self.events = runner.events(name)
+        self.out = out
+        with open(out / "csv" / "version_0" / "metrics.csv", newline="") as f:
+            self.csv = list(csv.DictReader(f))
+
+
+def _lightning_job(factory: pytest.TempPathFactory, name: str, options: tuple[str, ...],
+                   args: tuple[str, ...]) -> LightningJob:
+    runner = Runner(factory.mktemp(name))
+    out = runner.cwd / "out"
+    r = runner.run("run", "--name", name, "--log-every", "1", *options, script("lightning_train.py"),
+                   "--out", str(out), *args, timeout=180)
+    assert r.returncode == 0, r.stderr
+    return LightningJob(runner, name, out)
+
+
+@pytest.fixture(scope="module")
+def lightning_accum1(tmp_path_factory: pytest.TempPathFactory) -> LightningJob:
+    return _lightning_job(tmp_path_factory, "pl1", (), ("--accum", "1"))
+
+
+@pytest.fixture(scope="module")
+def lightning_accum2(tmp_path_factory: pytest.TempPathFactory) -> LightningJob:
+    """accumulate_grad_batches=2; training_step 11 (epoch 1) raises a shape error in the first attempt."""
+    return _lightning_job(tmp_path_factory, "pl2", ("--restart", "on-failure", "--restart-on", "all",
+                                                    "--backoff", "0"), ("--accum", "2", "--crash-at", "11"))
+
+
+def _assert_matches_metrics_csv(job: LightningJob, steps: int) -> None:
+    """Every value of metrics.csv is on tlog's row of that step (Lightning's 0-based step + 1), and tlog has no
+    other value of those names from the steps metrics.csv covers."""
+    by_step = {int(r["step"]): r for r in job.rows}  # a step run again after a restart: the later row
+    assert sorted(by_step) == list(range(1, steps + 1))
+    names = [k for k in job.csv[0] if k not in ("epoch", "step")]
+    expected = {(int(c["step"]) + 1, k): float(c[k]) for c in job.csv for k in names if c[k]}
+    first = min(step for step, _ in expected)
+    got = {(s, k): float(r[k]) for s, r in by_step.items() if s >= first for k in names if r.get(k)}
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert math.isclose(got[key], value, rel_tol=1e-6), (key, got[key], value)
+    for c in job.csv:
+        assert int(by_step[int(c["step"]) + 1]["epoch"]) == int(c["epoch"])
+    assert not any(r["loss"] or r["validation_loss"] for r in job.rows), "the module's own names, not the probe's"
+
+
+def test_lightning_self_log_matches_metrics_csv(lightning_accum1: LightningJob) -> None:
+    assert len(lightning_accum1.csv) == 3 * 8 + 3 * 2  # 8 steps an epoch, then val_loss and train_loss_epoch
+    _assert_matches_metrics_csv(lightning_accum1, 24)
+    lrs = [float(r["learning_rate"]) for r in lightning_accum1.rows]
+    assert lrs == [0.05] * 8 + [0.025] * 8 + [0.0125] * 8  # StepLR per epoch: the lr each step used
+
+
+def test_lightning_accumulation_2_matches_metrics_csv(lightning_accum2: LightningJob) -> None:
+    _assert_matches_metrics_csv(lightning_accum2, 12)
+
+
+def test_lightning_checkpoints_and_restart_from_newest_ckpt(lightning_accum1: LightningJob,
+                                                            lightning_accum2: LightningJob) -> None:
+    ckpt = lightning_accum1.out / "ckpt"
+    assert _checkpoints(lightning_accum1) == [(8 * e, str(ckpt / f"epoch={e - 1}-step={8 * e}.ckpt"), 1)
+                                              for e in (1, 2, 3)]
+    ckpt = lightning_accum2.out / "ckpt"
+    assert _checkpoints(lightning_accum2) == [(4, str(ckpt / "epoch=0-step=4.ckpt"), 1),
+                                              (8, str(ckpt / "epoch=1-step=8.ckpt"), 2),
+                                              (12, str(ckpt / "epoch=2-step=12.ckpt"), 2)]
+    errors = json.loads((lightning_accum2.runner.exp("pl2") / "training_errors.json").read_text())
+    assert [(e["category"], e["attempt"]) for e in errors] == [("model_inference", 1)], errors
+    starts = [e["data"] for e in lightning_accum2.events if e["kind"] == "attempt" and e["data"]["event"] == "start"]
+    assert starts[1].get("resume_checkpoint") == str(ckpt / "epoch=0-step=4.ckpt"), starts
+    assert [int(r["step"]) for r in lightning_accum2.rows][-8:] == list(range(5, 13))  # fit resumed at step 4

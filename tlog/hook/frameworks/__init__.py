@@ -25,11 +25,11 @@ from tlog.hook import emitter
 def watched() -> dict[str, Callable[[], None]]:
     """Module name -> installer, for the start-up import watcher."""
     return {"transformers.trainer": _installer("hf"),
-            "lightning.pytorch.trainer.connectors.logger_connector.logger_connector": _installer("lightning"),
-            "pytorch_lightning.trainer.connectors.logger_connector.logger_connector": _installer("lightning")}
+            "lightning.pytorch.trainer.trainer": _installer("lightning", "lightning.pytorch"),
+            "pytorch_lightning.trainer.trainer": _installer("lightning", "pytorch_lightning")}
 
 
-def _installer(name: str) -> Callable[[], None]:
+def _installer(name: str, *args: str) -> Callable[[], None]:
     def install() -> None:
         em = emitter.get()
         try:
@@ -37,7 +37,7 @@ def _installer(name: str) -> Callable[[], None]:
                 from tlog.hook.frameworks import hf as adapter
             else:
                 from tlog.hook.frameworks import lightning as adapter
-            adapter.install(em)
+            adapter.install(em, *args)
         except Exception as exc:  # noqa: BLE001 - an unexpected framework version: the generic probes remain
             em.warn_once(f"probe-{name}", f"tlog {name} adapter disabled: {exc!r}", "probe")
 
