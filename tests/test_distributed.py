@@ -179,7 +179,7 @@ def test_two_nodes_write_one_experiment_that_the_reports_merge(runner: Runner) -
 
 
 def test_hang_of_one_rank_dumps_every_rank_and_blames_the_straggler(runner: Runner) -> None:
-    res = runner.run("run", "--name", "hang", "--log-every", "1", "--hang-timeout", "2", "--grace", "1",
+    res = runner.run("run", "--name", "hang", "--log-every", "1", "--hang-timeout", "2", "--grace", "15",
                      "--nproc-per-node", "2", script("ddp_train.py"), "--hang-rank", "1", "--hang-step", "3")
     assert res.returncode == 1, res.stderr  # torchrun's own status once tlog stopped it (SIGTERM)
     (err,) = errors(runner, "hang")
