@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from typer.core import TyperCommand
@@ -36,7 +36,7 @@ class Fail(Exception):
 class _RunCommand(TyperCommand):
     """Remembers whether the target came after ``--`` (a command) or not (a Python script)."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         if "--scrape" in args:  # a bare --scrape takes a pattern only if it has a named group
             from tlog.supervisor.scrape import expand_cli_args
 
@@ -321,7 +321,8 @@ def export_cmd(
     from tlog.export import ExportError, export
     from tlog.store.layout import list_experiments
 
-    dirs = list_experiments(log_dir) if every else [_resolve(e, log_dir) for e in exps or [None]]
+    named: list[str | None] = list(exps or []) or [None]
+    dirs = list_experiments(log_dir) if every else [_resolve(e, log_dir) for e in named]
     try:
         for place in export(dirs, to, out):
             typer.echo(f"exported to {place}")
@@ -407,7 +408,7 @@ def main() -> None:
         leave_outer_run()
     try:
         command = typer.main.get_command(app)
-        command(default_map=_option_defaults(command))
+        command(default_map=_option_defaults(cast(typer.core.TyperGroup, command)))
     except Fail as exc:
         _die(str(exc), exc.code)
     except KeyboardInterrupt:

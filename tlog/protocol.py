@@ -79,7 +79,7 @@ def use_orjson() -> None:
     def fast_dumps(obj: Any) -> bytes:
         return orjson.dumps(obj, default=_default)
 
-    dumps, loads, JSONDecodeError = fast_dumps, orjson.loads, orjson.JSONDecodeError
+    dumps, loads, JSONDecodeError = fast_dumps, orjson.loads, orjson.JSONDecodeError  # type: ignore[assignment]
 
 
 MARKER = b"@tlog "

@@ -23,7 +23,8 @@ FILENAME = "tlog.toml"
 SECTIONS = ("run", "monitoring_thresholds", "plot_config", "metric_modes")
 THRESHOLD_KEYS = ("memory_usage_mb", "gpu_memory_mb", "check_interval_seconds", "rss_fraction",
                   "headroom_fraction", "gpu_fraction", "rss_mb", "gpu_mb", "check_interval_s", "hysteresis")
-PLOT_KEYS = {"figure_size": list, "dpi": (int, float), "save_format": str, "smoothing": (int, float), "x": str}
+PLOT_KEYS: dict[str, type | tuple[type, ...]] = {"figure_size": list, "dpi": (int, float), "save_format": str,
+                                                 "smoothing": (int, float), "x": str}
 DEFAULTS: dict[str, Any] = {
     "log_dir": "training_logs",
     "run": {},

@@ -233,7 +233,8 @@ def _memory(samples: tuple[dict, ...]) -> tuple[float | None, str, str]:
     points = [(f"{t - times[-1]:+.0f}s " if t is not None and times[-1] is not None else "")
               + _human_bytes(s["rss_bytes"]) for t, s in zip(times, rows, strict=True)]
     ratio = rows[-1]["rss_bytes"] / limit if limit else None
-    span = f" over {times[-1] - times[0]:.0f} s" if len(rows) > 1 and None not in (times[0], times[-1]) else ""
+    first, last = times[0], times[-1]
+    span = f" over {last - first:.0f} s" if len(rows) > 1 and first is not None and last is not None else ""
     of = f", {ratio:.0%} of the {_human_bytes(limit)} limit" if limit and ratio is not None else ""
     short = "RSS " + " → ".join(_human_bytes(s["rss_bytes"]) for s in rows[-3:]) + span + of
     return ratio, short, "memory timeline: " + ", ".join(points) + (f" (limit {_human_bytes(limit)})" if limit else "")
@@ -289,7 +290,8 @@ def _by_exit(record: FailureRecord, sig: int | None, lines: list[tuple[str, str]
 
 def _hang(stack: str, phase: str | None, record: FailureRecord) -> Diagnosis:
     frames = parse_stack(stack)
-    keys = [(f.key, f) for f in reversed(frames)] or [(line, None) for line in reversed(stack.splitlines())]
+    keys: list[tuple[str, Frame | None]] = [(f.key, f) for f in reversed(frames)]
+    keys = keys or [(line, None) for line in reversed(stack.splitlines())]
     inferred, _, _ = infer_phase(frames)
     phase = normalise_phase(phase) or inferred
     for key, frame in keys:

@@ -159,7 +159,8 @@ def _read_traceback(lines: list[str], i: int, prefix: str, label: str) -> tuple[
 
 def _read_faulthandler(lines: list[str], i: int, label: str) -> tuple[Exc, int]:
     """'Fatal Python error: X' plus the crashing thread's frames (most recent first, so reversed)."""
-    exc = Exc("Fatal Python error", _FATAL.search(lines[i])["msg"].strip(), f"{label} line {i + 1}")
+    fatal = _FATAL.search(lines[i])
+    exc = Exc("Fatal Python error", fatal["msg"].strip() if fatal else "", f"{label} line {i + 1}")
     blocks = [j for j in range(i + 1, min(len(lines), i + 400)) if _THREAD.match(lines[j].strip())]
     current = [j for j in blocks if lines[j].strip().startswith("Current")]
     start = (current or blocks or [len(lines)])[0] + 1

@@ -37,7 +37,7 @@ VALIDATION = "validation_"
 try:
     from google_crc32c import value as _crc32c
 except ImportError:  # the slow pure-Python one tensorboard ships
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as _crc32c
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as _crc32c  # type: ignore[no-redef]
 
 
 def _masked(data: bytes) -> bytes:

@@ -24,10 +24,14 @@ class Display:
     """Base: the view-state every display folds events into, and tlog's own messages."""
 
     wants_lines = False
-    wants_state = True
 
     def __init__(self, state: ViewState) -> None:
         self.state = state
+
+    @property
+    def wants_state(self) -> bool:
+        """Whether events must be folded into the view-state (a display that never shows it skips that)."""
+        return True
 
     def passthrough(self, stream: str, data: bytes) -> None:
         """Raw output bytes as they arrive (partial lines included)."""
@@ -49,7 +53,9 @@ class Display:
 class QuietDisplay(Display):
     """--quiet: tlog's messages only, so the view-state need not be kept."""
 
-    wants_state = False
+    @property
+    def wants_state(self) -> bool:
+        return False
 
 
 class PlainDisplay(Display):

@@ -12,6 +12,7 @@ watts); deciding whose memory is whose is the monitor's job.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -119,7 +120,7 @@ class NvmlGateway:
         merged: dict[int, int | None] = {}
         listed = False
         for query in (nv.nvmlDeviceGetComputeRunningProcesses, nv.nvmlDeviceGetGraphicsRunningProcesses):
-            procs = self._optional("process list", lambda q=query: q(handle))
+            procs = self._optional("process list", functools.partial(query, handle))
             if procs is None:
                 continue
             listed = True

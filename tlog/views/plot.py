@@ -144,7 +144,8 @@ def _runs(exp_dirs: list[Path], opts: PlotOptions) -> list[_Run]:
         logged = [rank for rank, c in per_rank.items() if c.metrics]
         missing = [rank for rank in opts.ranks if rank not in logged]
         if missing or not logged:
-            raise PlotError(f"no metrics of rank {', '.join(map(str, missing or ['any']))} in {d.name}; ranks "
+            asked = ", ".join(map(str, missing)) if missing else "any"
+            raise PlotError(f"no metrics of rank {asked} in {d.name}; ranks "
                             f"that logged: {', '.join(map(str, logged)) or 'none (not a distributed run?)'}")
         prefix = "" if len(exp_dirs) == 1 else f"{_label(d, exp_dirs)} "
         runs += [_Run(f"{prefix}rank {rank}", per_rank[rank], f"C{(len(runs) + i) % 10}")

@@ -107,7 +107,7 @@ class Watcher:
                 self.node_events[node] = Follower(self.exp_dir / node_file(EVENTS_FILE, node))
         events = [event for follower in (self.events, *self.node_events.values()) for event in _parse(follower)]
         if self.node_events:
-            events.sort(key=lambda e: e.get("t") if isinstance(e.get("t"), (int, float)) else 0.0)
+            events.sort(key=_time)
         for event in events:
             self.state.apply(event)
         for raw in self.log.lines():
@@ -129,6 +129,11 @@ class Watcher:
             self._ended_seen = time.monotonic()
         waited = max(time.time() - state.end_time, time.monotonic() - self._ended_seen)
         return waited >= self.settle_s
+
+
+def _time(event: dict) -> float:
+    t = event.get("t")
+    return float(t) if isinstance(t, (int, float)) else 0.0
 
 
 def _parse(follower: Follower) -> Iterator[dict]:
