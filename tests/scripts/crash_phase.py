@@ -12,6 +12,9 @@
     segv       a native crash (SIGSEGV, NULL read through ctypes) at step 3
     hang       sleeps forever after step 3, printing READY
     stall      a DataLoader worker blocks forever on batch 2
+
+--steps N (default 6): one epoch of N batches (batch = step - 1); --at S (default 3): the step after which
+sigkill, savekill, segv and hang strike.
 """
 
 import argparse
@@ -26,6 +29,7 @@ MODES = ("worker", "shape", "target", "backward", "optimizer", "ckpt", "args", "
 p = argparse.ArgumentParser()
 p.add_argument("mode", choices=MODES)
 p.add_argument("--steps", type=int, default=6)
+p.add_argument("--at", type=int, default=3)
 args = p.parse_args(sys.argv[1:] + (["--no-such-option"] if sys.argv[1:2] == ["args"] else []))
 
 import torch  # noqa: E402 - after argument parsing, as training scripts do
@@ -73,13 +77,13 @@ for step, (x, y) in enumerate(loader, start=1):
         loss.backward()
     opt.step()
     print(f"STEP {step} {loss.item()!r}", flush=True)
-    if step == 3 and args.mode == "savekill":
+    if step == args.at and args.mode == "savekill":
         torch.save(model.state_dict(), "ck.pt")
-    if step == 3 and args.mode in ("sigkill", "savekill"):
+    if step == args.at and args.mode in ("sigkill", "savekill"):
         os.kill(os.getpid(), signal.SIGKILL)
-    if step == 3 and args.mode == "segv":
+    if step == args.at and args.mode == "segv":
         ctypes.string_at(0)
-    if step == 3 and args.mode == "hang":
+    if step == args.at and args.mode == "hang":
         print("READY", flush=True)
         time.sleep(3600)
 print("DONE", flush=True)

@@ -245,6 +245,9 @@ class SummaryBuilder:
                                                      "last_step")
                             if data.get(k) is not None})
             self.stop_reason = data.get("stop_reason")
+            last = data.get("last_step")  # the live page's: the steps that really ran, reported or not
+            if isinstance(last, int) and (self.max_step is None or last > self.max_step):
+                self.max_step = last
             self.malformed_events += data.get("malformed_events") or 0
             if data.get("peaks"):
                 self.peak_detail = data["peaks"]

@@ -122,6 +122,7 @@ class ExperimentWriter:
             pos = {key: row.get(key) for key in ("step", "epoch", "batch")}
             # a phase event marks entering a phase; a metrics row after it means the phase is over
             pos["phase"] = self.progress.get("phase") if self._phase_t >= self.rows.last_t else None
+            pos["phase_step"] = self.progress.get("step") if pos["phase"] is not None else None
             return pos
 
     def _system_row(self, event: dict) -> None:

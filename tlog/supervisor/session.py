@@ -31,6 +31,7 @@ from tlog.supervisor import hang, launch, notify, options, ranks, restart, sched
 from tlog.supervisor.display import Display, QuietDisplay, make_display
 from tlog.supervisor.ingest import StreamReader, drain, start_readers
 from tlog.supervisor.limits import oom_kill_count
+from tlog.supervisor.live import LivePage, merge
 from tlog.supervisor.monitor import Monitor, Thresholds
 from tlog.supervisor.nvml import NvmlGateway
 from tlog.supervisor.options import RunOptions, decide_status, git_info
@@ -68,6 +69,7 @@ class Session:
         self._readers: list[StreamReader] = []
         self.recovery: restart.RecoveryWatch | None = None
         self.hangs: hang.HangWatch | None = None
+        self.page: LivePage | None = None  # the attempt's live page (tlog.hook.live)
         self._wake = threading.Event()
         self.scraper = make_scraper(opts.scrape)
         self.live = None  # --export tensorboard:DIR (tlog.export.live), made in prepare
@@ -193,6 +195,7 @@ class Session:
             return result.exit_code
         finally:
             launch.restore_handlers(previous)
+            self._close_page()
             self.monitor.stop()
             nvml.close()
             summary = self.writer.close(status)
@@ -225,6 +228,8 @@ class Session:
         extra["TLOG_GRAD_NORM"] = str(self.opts.grad_norm)
         if self.opts.hang_timeout:
             extra[ENV_STACK_SIGNAL] = STACK_SIGNAL.name
+        if self.page is not None:
+            extra.update(self.page.env)
         return launch.child_env({**extra, **restart.resume_env(resume)})
 
     def _supervise(self) -> AttemptResult:
@@ -266,6 +271,8 @@ class Session:
         argv = (*self.argv, *restart.resume_args(self.opts.resume_arg, resume))
         if attempt > 1 and resume is None:
             self.say(f"no checkpoint to resume from: attempt {attempt} starts from the beginning")
+        self._close_page()
+        self.page = LivePage.open()  # one per attempt: a restart never shows the steps of the attempt before
         proc = launch.spawn(launch.ChildSpec(argv, self._child_env(attempt, resume)))
         self.monitor.pid = proc.pid
         self.monitor.start()
@@ -306,7 +313,8 @@ class Session:
         self.machine = restart.transition(self.machine, ended, self.opts.restart_policy)
         exit_data = {"event": "exit", "attempt": attempt, "exit_code": exit_code, "signal": sig,
                      "signal_name": launch.signal_name(sig) or None, "status": status,
-                     "oom_kill_delta": oom_delta, "last_step": self.writer.position()["step"],
+                     "oom_kill_delta": oom_delta,
+                     "last_step": self._position(0 if self.workers.distributed else None)["step"],
                      "peaks": self.monitor.peaks(),
                      "malformed_events": sum(reader.splitter.malformed for reader in readers) or None}
         if error is not None:
@@ -339,10 +347,10 @@ class Session:
         """Classify the failure from everything known now (in a distributed run, its root-cause rank's), and
         record it."""
         stderr = next(r for r in readers if r.stream == "stderr")
-        position = self.writer.position()
         hangs = self.hangs
         blame = ranks.blame(self.workers, self.crash, list(stderr.tail), exit_code, sig,
                             hangs.stack if hangs is not None else None, hangs.stacks if hangs is not None else {})
+        position = self._position(blame.fields.get("rank"))
         record = failure.failure_record(
             blame.crash, exit_code=None if blame.signal else blame.exit_code, signal=blame.signal,
             stderr_tail=blame.stderr, phase=position["phase"], position=position,
@@ -355,6 +363,19 @@ class Session:
                                     for r in record.samples]
         self.emit("error", error, step=record.step, epoch=record.epoch, batch=record.batch)
         return error
+
+    def _close_page(self) -> None:
+        if self.page is not None:
+            self.page.close()
+            self.page = None
+
+    def _position(self, rank: int | None) -> dict:
+        """Where the run (or ``rank``) is: the last event's position, brought up to the live page, which knows
+        the steps run since the last report (a native crash, a kill or a hang between reports)."""
+        position = self.writer.position()
+        if self.page is None:
+            return position
+        return merge(position, self.page.of_rank(rank))
 
     def _torchrun_restarted(self, event: dict) -> None:
         """torchrun restarted its workers (its own ``--max-restarts``): the round that failed is an attempt

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+from tlog.hook.live import BATCH, EPOCH, UNSET
 from tlog.hook.probes.state import Probe, Undo
 from tlog.hook.probes.window import hold, numbers
 
@@ -99,6 +100,7 @@ class Loaders:
             probe.report_pending()  # the epoch that ended without exhausting its iterator (a break)
             self.samples_before = self.samples_seen()
             probe.em.batch = None
+            probe.live[BATCH] = UNSET
             probe.em.phase = "forward_pass"  # of the training batches ahead, as far as the probe can tell
             probe.train_vars = vars(it)
             self._epoch(loader, n)
@@ -117,7 +119,7 @@ class Loaders:
             em.emit("phase", {"phase": "validation"}, step=em.step, epoch=em.epoch, batch=em.batch)
 
     def _epoch(self, loader: Any, n: int) -> None:
-        self.probe.em.epoch = self.probe.epoch0 + n - 1
+        self.probe.em.epoch = self.probe.live[EPOCH] = self.probe.epoch0 + n - 1
         self.batch_size = loader.batch_size or self.batch_size
         self.total = _len(loader)
         size = _len(loader.dataset)
@@ -142,7 +144,7 @@ class Loaders:
             self._train_batch(it)
 
     def _train_batch(self, it: Any) -> None:
-        self.probe.em.batch = it._num_yielded - 1
+        self.probe.em.batch = self.probe.live[BATCH] = it._num_yielded - 1
         self.probe.em.phase = "forward_pass"
 
     def samples_seen(self) -> int:

@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional
 from torch.nn.modules.loss import _Loss
 
+from tlog.hook.live import BATCH
 from tlog.hook.probes.state import Probe, Undo
 
 FUNCTIONAL_LOSSES = (
@@ -69,6 +70,7 @@ def patch_backward(probe: Probe) -> Undo:
     nested = torch._C._current_graph_task_id  # -1 outside a backward
     em = probe.em
     window = probe.window
+    page = probe.live
 
     def note(loss: Any) -> bool:
         """Hold the loss (see ``window``) and note the batch; True if this backward is a step of its own (no
@@ -81,7 +83,7 @@ def patch_backward(probe: Probe) -> Undo:
             window.losses.append(loss.item() if loss.is_cpu else loss.detach())  # window.hold, inlined
             counts = probe.train_vars  # Probe.locate, inlined
             if counts is not None:
-                em.batch = n = counts["_num_yielded"] - 1
+                em.batch = page[BATCH] = n = counts["_num_yielded"] - 1
                 if n + 1 == probe.total_batches:  # the epoch's last batch: its step reports
                     probe.reporter.soon()
             return not probe.optimizers

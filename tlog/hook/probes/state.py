@@ -38,7 +38,9 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
+from tlog.hook import live
 from tlog.hook.emitter import Emitter
+from tlog.hook.live import STEP
 from tlog.hook.probes.report import Reporter
 from tlog.hook.probes.window import Window
 
@@ -99,6 +101,9 @@ class Probe:
         self.settings = settings
         self.step = resume_step()  # a restart from a checkpoint continues the global step, no sawtooth ...
         self.epoch0 = resume_epoch()  # ... and the epochs: the first training pass is this one
+        self.live = live.attach()  # where the supervisor reads the step without a message (hook.live)
+        if self.step:  # resumed: the steps before are the run's too (a fresh run has run none yet)
+            self.live[STEP] = self.step
         self.off: set[str] = set()
         self.window = Window()
         self.optimizers: list[OptState] = []
@@ -187,6 +192,7 @@ class Probe:
                 owner = None
             self.step = step = self.step + 1
             self.em.step = step
+            self.live[STEP] = step  # the live page: a plain store (see hook.live)
             window.mark = end = len(window.losses)  # Window.close, inlined: this runs every step
             window.ends.append(end)
             window.owners.append(owner)

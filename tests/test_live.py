@@ -1,0 +1,70 @@
+"""The live page: deaths between reports are recorded at the step they really happened (the script's own
+STEP lines are the truth), with the default ``--log-every`` (a report at step 1, then every 0.5 s)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from conftest import Runner, script
+
+from tlog.hook import live
+from tlog.supervisor.live import LivePage, merge
+
+
+def _last_step(stdout: str) -> int:
+    return max(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("STEP "))
+
+
+def _record(runner: Runner, name: str) -> tuple[dict, dict]:
+    (err,) = json.loads((runner.exp(name) / "training_errors.json").read_text())
+    return err, json.loads((runner.exp(name) / "training_summary.json").read_text())
+
+
+def test_native_crash_between_reports_is_recorded_at_its_step(runner: Runner) -> None:
+    res = runner.run("run", "--name", "segv", script("crash_phase.py"), "segv", "--at", "31", "--steps", "40")
+    assert res.returncode == 128 + signal.SIGSEGV, res.stderr
+    assert _last_step(res.stdout) == 31
+    err, summary = _record(runner, "segv")
+    assert (err["step"], err["batch"], err["category"]) == (31, 30, "system")
+    assert summary["steps"] == 31 and summary["attempts"][0]["last_step"] == 31
+    reported = [e["step"] for e in runner.events("segv") if e["kind"] == "metrics"]
+    assert max(reported) < 31, "the page, not a report, knew step 31"
+
+
+def test_sigkill_between_reports_is_recorded_at_its_step(runner: Runner) -> None:
+    res = runner.run("run", "--name", "kill", script("crash_phase.py"), "sigkill", "--at", "54", "--steps", "60")
+    assert res.returncode == 128 + signal.SIGKILL, res.stderr
+    assert _last_step(res.stdout) == 54
+    err, summary = _record(runner, "kill")
+    assert (err["step"], err["batch"], err["signal"]) == (54, 53, signal.SIGKILL)
+    assert summary["steps"] == 54
+
+
+def test_hang_between_reports_is_recorded_at_its_step(runner: Runner) -> None:
+    res = runner.run("run", "--name", "hang", "--hang-timeout", "1", "--grace", "1", script("crash_phase.py"),
+                     "hang", "--at", "21", "--steps", "30")
+    assert "READY" in res.stdout and _last_step(res.stdout) == 21
+    err, summary = _record(runner, "hang")
+    assert (err["step"], err["batch"]) == (21, 20) and err["cause"].startswith("hung")
+    assert summary["steps"] == 21
+
+
+def test_page_slots_and_merge() -> None:
+    page = LivePage.open()
+    assert page is not None
+    try:
+        assert page.slot(0) is None and page.step() is None
+        words = page.words
+        base = live.slot_of(1) * live.WORDS
+        words[base + live.PID], words[base + live.RANK], words[base + live.STEP] = 123, 1, 7
+        words[base + live.EPOCH], words[base + live.BATCH] = live.UNSET, 6
+        assert page.of_rank(1) == {"pid": 123, "rank": 1, "step": 7, "epoch": None, "batch": 6}
+        assert page.step() == 7 and page.of_rank(0) is None
+    finally:
+        page.close()
+    before = {"step": 5, "epoch": 0, "batch": 4, "phase": "validation", "phase_step": 5}
+    assert merge(before, {"step": 9, "epoch": 1, "batch": 2})["phase"] is None, "steps ran after the validation"
+    assert merge(before, {"step": 5, "epoch": None, "batch": None}) == before
+    assert merge(before, {"step": 3, "epoch": 0, "batch": 2}) == before, "an event ahead of the page wins"
+    assert merge(before, None) == before
