@@ -44,12 +44,24 @@ def test_precedence_cli_env_toml_pyproject_defaults(runner: Runner) -> None:
     assert shown["settings"]["plot_config.dpi"] == {"value": 100, "source": "default"}
 
 
-def test_config_init_refuses_to_overwrite(runner: Runner) -> None:
+def test_config_init_writes_the_defaults_and_refuses_to_overwrite(runner: Runner) -> None:
+    """What a run really uses (its recorded options) is the same with the starter file as without it."""
+    (runner.cwd / "t.py").write_text("print('ok')\n")
+
+    def used(name: str) -> dict:
+        assert runner.run("run", "-q", "--name", name, "t.py").returncode == 0
+        options = json.loads((runner.exp(name) / "training_config.json").read_text())["tlog"]
+        options["log_dir"] = str((runner.cwd / options["log_dir"]).resolve())  # the file's own dir or ours
+        return {k: v for k, v in options.items() if k not in ("name", "settings")} | {
+            "settings": {k: options["settings"][k] for k in ("monitoring_thresholds", "plot_config")}}
+
+    before = used("plain")
     res = runner.run("config", "init")
     assert res.returncode == 0 and res.stdout == "wrote tlog.toml\n"
     written = (runner.cwd / "tlog.toml").read_text()
     assert written.startswith("# tlog settings") and "[monitoring_thresholds]" in written
-    assert config.load(runner.cwd).values["run"]["max_restarts"] == 3, "the starter is valid"
+    assert config.load(runner.cwd).values["run"]["monitor_interval"] == before["monitor_interval"]
+    assert used("starter") == before, "the starter changes nothing until it is edited (no limits turned on)"
     (runner.cwd / "tlog.toml").write_text("log_dir = 'mine'\n")
     res = runner.run("config", "init")
     assert res.returncode == 2 and res.stderr == "tlog: error: tlog.toml exists; use --force to overwrite it\n"

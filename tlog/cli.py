@@ -343,7 +343,8 @@ def config_init(
     from tlog.settings import ConfigError, init
 
     try:
-        typer.echo(f"wrote {init(path, force)}")
+        run_params = cast(typer.core.TyperGroup, typer.main.get_command(app)).commands["run"].params
+        typer.echo(f"wrote {init(path, run_params, force)}")
     except (ConfigError, OSError) as exc:
         raise Fail(str(exc), 2) from None
 

@@ -32,19 +32,19 @@ DEFAULTS: dict[str, Any] = {
     "plot_config": {"figure_size": None, "dpi": 100, "save_format": "png", "smoothing": 0.6, "x": "step"},
     "metric_modes": {},
 }
-STARTER: dict[str, Any] = {
-    "log_dir": "training_logs",
-    "run": {"grace": 10.0, "monitor_interval": 0.5, "restart": "never", "max_restarts": 3, "backoff": 1.0,
-            "backoff_max": 60.0},
-    "monitoring_thresholds": {"memory_usage_mb": 16000, "gpu_memory_mb": 70000, "check_interval_seconds": 1},
-    "plot_config": {"figure_size": [12, 10], "dpi": 100, "save_format": "png", "smoothing": 0.6, "x": "step"},
-    "metric_modes": {"loss": "min", "accuracy": "max"},
-}
+STARTER_RUN = ("grace", "monitor_interval", "restart", "max_restarts", "backoff", "backoff_max")
+STARTER_THRESHOLDS = """
+[monitoring_thresholds]  # off unless set: warn when the run's RSS or a GPU's memory passes a value (MB)
+# memory_usage_mb = 16000
+# gpu_memory_mb = 70000
+# check_interval_seconds = 1
+"""
 STARTER_HEADER = """\
 # tlog settings: defaults for tlog's commands (`tlog config show` prints the effective values).
 # Precedence: command-line option > environment (TLOG_LOG_DIR) > tlog.toml > pyproject [tool.tlog] > defaults.
 # [run]: any `tlog run` option by its long name.  [monitoring_thresholds]: when the resource monitor warns.
-# [plot_config]: `tlog plot` figure size (inches), dpi, format, smoothing (0-1) and x axis (step|epoch|time).
+# [plot_config]: `tlog plot` dpi, format, smoothing (0-1), x axis (step|epoch|time) and figure_size = [w, h]
+# in inches (default: 12 wide, 2.6 per panel).
 # [metric_modes]: what "best" means for a metric, "min" or "max" (the default guesses from the name).
 
 """
@@ -183,11 +183,7 @@ def option_defaults(settings: Settings, run_params: list[Any]) -> dict[str, dict
     ``run_params`` are the click options of ``tlog run``: a [run] key is an option's long name (``restart``,
     ``max_restarts`` or ``max-restarts``) or its parameter name, and its value is checked by the option's type.
     """
-    names: dict[str, Any] = {}
-    for param in run_params:
-        if param.param_type_name == "option":
-            names[param.name] = param
-            names.update((o.lstrip("-").replace("-", "_"), param) for o in param.opts if o.startswith("--"))
+    names = _run_options(run_params)
     common = {"log_dir": settings["log_dir"]} if settings.sources["log_dir"] != "default" else {}
     run: dict[str, Any] = dict(common)
     for key, value in settings["run"].items():
@@ -201,6 +197,16 @@ def option_defaults(settings: Settings, run_params: list[Any]) -> dict[str, dict
     plot = {"smooth": settings["plot_config"]["smoothing"], "x": settings["plot_config"]["x"], **common}
     commands = ("summary", "errors", "ls", "compare", "watch")
     return {"run": run, "plot": plot, **{name: dict(common) for name in commands}}
+
+
+def _run_options(run_params: list[Any]) -> dict[str, Any]:
+    """``tlog run``'s options by every name a [run] key may use: long name (``max_restarts``) or parameter."""
+    names: dict[str, Any] = {}
+    for param in run_params:
+        if param.param_type_name == "option":
+            names[param.name] = param
+            names.update((o.lstrip("-").replace("-", "_"), param) for o in param.opts if o.startswith("--"))
+    return names
 
 
 def _convert(param: Any, value: Any, source: str, key: str) -> Any:
@@ -217,15 +223,25 @@ def _convert(param: Any, value: Any, source: str, key: str) -> Any:
         raise ConfigError(f"{source}: [run] {key} = {value!r}: {exc}") from None
 
 
-def starter_text() -> str:
+def starter_text(run_params: list[Any]) -> str:
+    """The defaults as they are, read from where they are decided: ``tlog run``'s own options (its click
+    ``run_params``) and DEFAULTS; thresholds that are off by default are shown commented out, so a starter
+    file changes nothing until it is edited."""
     import tomli_w
 
-    return STARTER_HEADER + tomli_w.dumps(STARTER)
+    options = _run_options(run_params)
+    values = {
+        "log_dir": DEFAULTS["log_dir"],
+        "run": {key: options[key].default for key in STARTER_RUN},
+        "plot_config": {k: v for k, v in DEFAULTS["plot_config"].items() if v is not None},
+        "metric_modes": {"loss": "min", "accuracy": "max"},
+    }
+    return STARTER_HEADER + tomli_w.dumps(values) + STARTER_THRESHOLDS
 
 
-def init(path: Path, force: bool = False) -> Path:
+def init(path: Path, run_params: list[Any], force: bool = False) -> Path:
     """Write a starter tlog.toml; an existing file is kept unless ``force``."""
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; use --force to overwrite it")
-    path.write_text(starter_text())
+    path.write_text(starter_text(run_params))
     return path
