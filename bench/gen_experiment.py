@@ -28,8 +28,8 @@ import numpy as np
 
 from tlog.store import columns, layout, snapshot
 from tlog.store.reader import iter_events
+from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder
-from tlog.store.writer import write_json
 
 BATCHES = 5000
 STEP_S = 0.001

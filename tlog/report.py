@@ -19,8 +19,8 @@ from typing import Any
 from tlog.diagnosis import rules as R
 from tlog.store import layout, snapshot
 from tlog.store.reader import ReadStats, iter_all_events, iter_events, read_json
+from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder, merge_error_update
-from tlog.store.writer import write_json
 
 LIVE = frozenset({"running", "restarting", "unknown"})
 CATEGORIES = (R.DATA, R.MODEL, R.LOSS, R.GRAD, R.OPTIM, R.MEMORY, R.DEVICE, R.CKPT, R.VALID, R.CONFIG,

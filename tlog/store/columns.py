@@ -39,6 +39,7 @@ from typing import Any
 
 from tlog import protocol
 from tlog.store import layout, safefile
+from tlog.store.safefile import write_json
 
 VERSION = 2
 DIRNAME = ".tlog/columns"
@@ -326,7 +327,6 @@ def check_bytes(events: Path, offset: int) -> bytes:
 
 
 def _save(cdir: Path, events: Path, scan: Scan) -> None:
-    from tlog.store.writer import write_json  # the writer imports this module
 
     write_json(cdir / "index.json", scan.index(events.stat(), check_bytes(events, scan.offset)))
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from tlog import protocol
+
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -51,3 +53,8 @@ def open_append(path: Path, mode: str = "ab", **kw: Any) -> IO:
     """Open ``path`` for appending, created if absent; a symbolic link there is an error (ELOOP)."""
     _real_dir(path)
     return os.fdopen(os.open(path, _APPEND, 0o644), mode, **kw)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Replace ``path`` atomically, so a reader never sees half a document (never through a planted link)."""
+    replace_bytes(path, protocol.dumps(obj))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tlog import protocol
 from tlog.store import columns, layout
+from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder
 
 STATE = ".tlog/summary_state.json"
@@ -36,7 +37,6 @@ def refresh(exp_dir: Path, events_bytes: int, builder: SummaryBuilder) -> None:
 
 
 def save_state(exp_dir: Path, events_bytes: int, builder: SummaryBuilder) -> None:
-    from tlog.store.writer import write_json  # the writer imports this module
 
     path = exp_dir / STATE
     path.parent.mkdir(exist_ok=True)

@@ -21,15 +21,11 @@ from tlog import protocol
 from tlog.store import layout, safefile, snapshot
 from tlog.store.csvfile import CsvTable
 from tlog.store.metrics_rows import MetricsRows
+from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder, merge_error_update
 
 PROGRESS_EVERY_S = 1.0
 SUMMARY_EVERY_S = 5.0
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Replace ``path`` atomically, so a reader never sees half a document (never through a planted link)."""
-    safefile.replace_bytes(path, protocol.dumps(obj))
 
 
 def log_line(t: float, tag: str, text: str) -> str:
