@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 from tlog.hook import crash, emitter
 from tlog.hook.emitter import Emitter, StoreEmitter
+from tlog.hook.environment import environment
 
 
 def default_name() -> str:
@@ -33,14 +33,7 @@ def open_direct_emitter(name: str | None = None, log_dir: str | os.PathLike | No
     name = name or os.environ.get("TLOG_NAME") or default_name()
     exp_dir, _ = layout.create_experiment_dir(log_dir, name)
     em = StoreEmitter(str(exp_dir))
-    em.emit("meta", {
-        "argv": list(getattr(sys, "orig_argv", sys.argv)),
-        "cwd": os.getcwd(),
-        "pid": os.getpid(),
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "supervised": False,
-    })
+    em.emit("meta", {**environment(), "supervised": False})
     em.emit("attempt", {"event": "start", "attempt": 1, "pid": os.getpid()}, attempt=1)
     crash.install()
     atexit.register(_finish, em)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from tlog import protocol
 from tlog.hook import crash, emitter
+from tlog.hook.environment import environment
 
 ENV_NO_INSTRUMENT = "TLOG_NO_INSTRUMENT"
 ENV_WIRE = "TLOG_WIRE"
@@ -57,13 +58,6 @@ def start() -> None:
         from tlog.hook import frameworks
 
         ImportWatcher({"torch": _install_torch_probe, "argparse": _install_args_probe, **frameworks.watched()}).arm()
-
-
-def environment() -> dict:
-    """The run's environment section of training_config.json (the torch probe adds versions)."""
-    return {"argv": list(getattr(sys, "orig_argv", sys.argv)), "cwd": os.getcwd(), "pid": os.getpid(),
-            "python": "{}.{}.{}".format(*sys.version_info[:3]), "executable": sys.executable,
-            "host": os.uname().nodename}  # not platform: its import alone costs the child ~2 ms
 
 
 def is_launcher(argv: list[str] | tuple[str, ...]) -> bool:

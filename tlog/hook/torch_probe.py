@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from tlog import protocol
 from tlog.hook.emitter import Emitter
-from tlog.hook.startup import environment
+from tlog.hook.environment import environment
 
 if TYPE_CHECKING:
     from tlog.hook.probes.state import Probe, Settings, Undo
