@@ -76,9 +76,12 @@ def test_config_init_writes_the_defaults_and_refuses_to_overwrite(runner: Runner
     ("[run]\ngrace = 'soon'\n", "[run] grace = 'soon': "),
     ("[run]\ngracee = 3\n", "[run] has no option 'gracee' (valid: backoff, backoff_max, "),
     ("colour = 'red'\n", "unknown setting 'colour' (valid: log_dir, run, monitoring_thresholds, "),
+    ("[plot_config]\ndpi = -5\n", "plot_config.dpi must be between 10 and 1200"),
+    ("[plot_config]\nfigure_size = [1000, 8]\n", "plot_config.figure_size must be [width, height] in inches, "),
+    (b"\x7fELF\x02\x01\x01\x00\xd0a\xff\xfe", "not a TOML file (not UTF-8 text)"),
 ])
-def test_bad_settings_are_one_line_errors(runner: Runner, text: str, message: str) -> None:
-    (runner.cwd / "tlog.toml").write_text(text)
+def test_bad_settings_are_one_line_errors(runner: Runner, text: str | bytes, message: str) -> None:
+    (runner.cwd / "tlog.toml").write_bytes(text if isinstance(text, bytes) else text.encode())
     res = runner.run("summary")
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith(f"tlog: error: {runner.cwd / 'tlog.toml'}: {message}")

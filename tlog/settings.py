@@ -25,6 +25,7 @@ THRESHOLD_KEYS = ("memory_usage_mb", "gpu_memory_mb", "check_interval_seconds", 
                   "headroom_fraction", "gpu_fraction", "rss_mb", "gpu_mb", "check_interval_s", "hysteresis")
 PLOT_KEYS: dict[str, type | tuple[type, ...]] = {"figure_size": list, "dpi": (int, float), "save_format": str,
                                                  "smoothing": (int, float), "x": str}
+MAX_INCHES, DPI_RANGE = 100, (10, 1200)  # beyond: an image of gigabytes, or matplotlib's 2**16 px per side
 DEFAULTS: dict[str, Any] = {
     "log_dir": "training_logs",
     "run": {},
@@ -137,6 +138,8 @@ def _read(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
@@ -162,8 +165,10 @@ def validate(data: dict[str, Any], path: Path) -> None:
     plot = data.get("plot_config", {})
     if "figure_size" in plot:
         size = plot["figure_size"]
-        _check(len(size) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in size), path,
-               "plot_config.figure_size must be [width, height] in inches")
+        _check(len(size) == 2 and all(isinstance(v, (int, float)) and 0 < v <= MAX_INCHES for v in size), path,
+               f"plot_config.figure_size must be [width, height] in inches, each above 0 and at most {MAX_INCHES}")
+    _check(DPI_RANGE[0] <= plot.get("dpi", 100) <= DPI_RANGE[1], path,
+           f"plot_config.dpi must be between {DPI_RANGE[0]} and {DPI_RANGE[1]}")
     _check(plot.get("x", "step") in ("step", "epoch", "time"), path, "plot_config.x must be step, epoch or time")
     _check(0 <= plot.get("smoothing", 0) < 1, path, "plot_config.smoothing must be in [0, 1)")
     _check(str(plot.get("save_format", "png")).lower() in ("png", "svg", "pdf"), path,
