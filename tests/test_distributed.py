@@ -144,6 +144,17 @@ def test_restart_resumes_the_whole_job_from_rank0_checkpoint(runner: Runner) -> 
     assert summary(runner, "rs")["outcome"] == "restarted-then-finished"
 
 
+def test_a_peer_aborting_after_the_root_cause_does_not_change_its_verdict(runner: Runner) -> None:
+    """What a loaded machine makes likely (gloo aborting the surviving rank as its group dies): rank 0's
+    unprefixed "Fatal Python error: Aborted" on the shared stderr is not rank 1's shape error."""
+    res = runner.run("run", "--name", "ab", "--log-every", "1", "--nproc-per-node", "2", script("ddp_train.py"),
+                     "--steps", "4", "--crash-rank", "1", "--crash-step", "3", "--peer-aborts")
+    assert res.returncode == 1 and "Fatal Python error: Aborted" in res.stderr, res.stderr
+    (err,) = errors(runner, "ab")
+    assert (err["root_cause_rank"], err["category"], err["step"]) == (1, "model_inference", 2)
+    assert {"rank": 0, "exit_code": -6} in [{k: c.get(k) for k in ("rank", "exit_code")} for c in err["consequences"]]
+
+
 def test_two_nodes_write_one_experiment_that_the_reports_merge(runner: Runner) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     procs = [runner.popen("run", "--name", "two", "--log-every", "1", "--nnodes", "2", "--node-rank", str(node),
@@ -323,6 +334,7 @@ def test_rank_lines_keep_the_failing_rank_only() -> None:
              *REPORT.splitlines()[1:]]
     assert torchrun.rank_lines(lines, 1) == ["Traceback (most recent call last):", "ValueError: bad",
                                              "Fatal Python error: x"]
+    assert torchrun.rank_lines(lines, 1, own_only=True) == ["Traceback (most recent call last):", "ValueError: bad"]
 
 
 def test_a_new_restart_count_starts_a_new_round() -> None:

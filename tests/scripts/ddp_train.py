@@ -9,6 +9,9 @@
 --save-every K            rank 0 saves {"model", "opt", "step"} every K steps into --ckpt-dir
 --exit-after-restart      a round started by torchrun's own restart exits at once (torch 2.13's gloo often fails
                           to rebuild its mesh within one agent, which would make a test of the restart flaky)
+--peer-aborts             a rank whose peer failed dies of SIGABRT instead of raising (faulthandler's unprefixed
+                          "Fatal Python error: Aborted" on the shared stderr), as torch 2.13's gloo does at random
+                          when the group dies in finalization
 Prints "LOSS <rank> <step> <loss!r>" per step and, when resuming, "RESUMED <rank> <step> <checkpoint>".
 
 The end frees the DDP model (which holds the process group) before destroying the group: with torch 2.13's
@@ -48,6 +51,7 @@ p.add_argument("--ckpt-dir", default="ckpts")
 p.add_argument("--hang-rank", type=int, default=-1)
 p.add_argument("--hang-step", type=int, default=-1)
 p.add_argument("--exit-after-restart", action="store_true")
+p.add_argument("--peer-aborts", action="store_true")
 args = p.parse_args()
 if args.exit_after_restart and os.environ["TORCHELASTIC_RESTART_COUNT"] != "0":
     say(f"RESTARTED {os.environ['RANK']}")
@@ -75,6 +79,8 @@ if resume:
     say(f"RESUMED {rank} {step} {resume}")
 when = {"always": True, "fresh": resume is None, "first-round": os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"}
 crash = rank == args.crash_rank and when[args.fail_when]
+if args.peer_aborts and rank != args.crash_rank:
+    sys.excepthook = lambda *exc: os.abort()
 hang = rank == args.hang_rank and when[args.fail_when]
 for epoch in itertools.count():
     if step >= args.steps:

@@ -137,7 +137,8 @@ def blame(workers: Workers, crash: dict | None, stderr: list[str], exit_code: in
     exit = verdict.exit
     if verdict.crash is None and exit is not None:  # no exception: torchrun saw how that worker ended
         exit_code, signal = (None, exit.signal) if exit.signal else (exit.exit_code, None)
-    return Blame(verdict.crash, exit_code, signal, rank_lines(stderr, verdict.rank), None, verdict.fields())
+    own = rank_lines(stderr, verdict.rank, own_only=verdict.crash is not None)  # the same on a loaded machine
+    return Blame(verdict.crash, exit_code, signal, own, None, verdict.fields())
 
 
 def is_peer_loss(crash: dict) -> bool:

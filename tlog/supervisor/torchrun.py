@@ -190,10 +190,14 @@ class ReportReader:
         return None
 
 
-def rank_lines(lines: list[str], rank: int) -> list[str]:
+def rank_lines(lines: list[str], rank: int, own_only: bool = False) -> list[str]:
     """The stderr lines that speak for one rank: its own ``[rankN]:`` lines (unprefixed) and unmarked output,
     without other ranks' lines, torchrun's log lines and its final ChildFailedError traceback, so that a
-    peer's "connection closed" cannot decide the category of the rank that failed first."""
+    peer's "connection closed" cannot decide the category of the rank that failed first.
+
+    ``own_only`` drops the unmarked output too: for a rank that raised (torch prefixes its traceback once the
+    process group exists), an unmarked line may be anyone's, e.g. a peer's ``Fatal Python error: Aborted``
+    while it shut down, which a native-crash rule would take for the cause."""
     end = len(lines)
     report = next((i for i in range(len(lines) - 1, -1, -1) if "ChildFailedError" in lines[i]), None)
     if report is not None:
@@ -202,7 +206,7 @@ def rank_lines(lines: list[str], rank: int) -> list[str]:
     for line in lines[:end]:
         m = _RANK_PREFIX.match(line)
         if m is None:
-            if not _AGENT_LOG.match(line):
+            if not own_only and not _AGENT_LOG.match(line):
                 out.append(line)
         elif int(m.group(1)) == rank:
             out.append(line[m.end():])
