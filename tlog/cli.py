@@ -120,6 +120,9 @@ def run(
     export_live: Annotated[str | None, typer.Option(
         "--export", metavar="tensorboard:DIR", show_default=False, help="Write TensorBoard event files into DIR "
         "as the run goes (needs tlog[tensorboard]).")] = None,
+    keep_secrets: Annotated[bool, typer.Option(
+        "--keep-secrets", help="Store the values of arguments and settings named like credentials (--api-key, "
+        "--token, password...) as given; by default the stored command and config show them as ***.")] = False,
 ) -> None:
     """Run a training script (or any command) under tlog's supervision."""
     from tlog.store.layout import ExperimentError
@@ -158,7 +161,7 @@ def run(
                       restart_policy=policy, resume_arg=resume_arg, checkpoint_glob=checkpoint_glob,
                       log_every=log_every, grad_norm=grad_norm, scrape=tuple(scrape or ()),
                       settings=_settings().saved(), dist=dist, notify=tuple(notify or ()),
-                      notify_url=tuple(notify_url or ()), export_live=export_live)
+                      notify_url=tuple(notify_url or ()), export_live=export_live, keep_secrets=keep_secrets)
     session = Session(opts)
     try:
         session.prepare()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog import protocol
-from tlog.store import layout, safefile, snapshot
+from tlog.store import layout, redact, safefile, snapshot
 from tlog.store.csvfile import CsvTable
 from tlog.store.metrics_rows import MetricsRows
 from tlog.store.safefile import write_json
@@ -35,10 +35,11 @@ def log_line(t: float, tag: str, text: str) -> str:
 
 class ExperimentWriter:
     def __init__(self, exp_dir: str | Path, experiment: str | None = None, *, node: int | None = None,
-                 ranked: bool = False) -> None:
+                 ranked: bool = False, keep_secrets: bool = False) -> None:
         """``node``: this node's number in a multi-node run (its files are ``events.node<k>.jsonl``...; the
         report caches are then left to the reports, which merge the nodes).  ``ranked``: a distributed run,
-        whose training_metrics.csv has a ``rank`` column from its first row."""
+        whose training_metrics.csv has a ``rank`` column from its first row.  ``keep_secrets``: store
+        credential-named values as given (``tlog run --keep-secrets``; by default ``redact`` masks them)."""
         self.dir = Path(exp_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.experiment = experiment or self.dir.name
@@ -58,6 +59,7 @@ class ExperimentWriter:
         self._next_progress = 0.0
         self._next_summary = 0.0
         self.closed = False
+        self.keep_secrets = keep_secrets
 
     def _path(self, name: str) -> Path:
         return self.dir / layout.node_file(name, self.node)
@@ -68,6 +70,8 @@ class ExperimentWriter:
         with self._lock:
             if self.closed:
                 return
+            if not self.keep_secrets:
+                events = [e if e["kind"] not in redact.KINDS else redact.event(e) for e in events]
             dumps = protocol.dumps
             self._events.write(b"".join([dumps(event) + b"\n" for event in events]))
             add, fold = self.summary.add, self._fold

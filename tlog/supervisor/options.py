@@ -44,6 +44,7 @@ class RunOptions:
     notify: tuple[str, ...] = ()  # --notify: shell commands run when the run ends or restarts
     notify_url: tuple[str, ...] = ()  # --notify-url: webhooks POSTed the same outcome as JSON
     export_live: str | None = None  # --export tensorboard:DIR: TensorBoard event files written as the run goes
+    keep_secrets: bool = False  # --keep-secrets: credential-named values stored as given (tlog.store.redact)
 
     def default_name(self) -> str:
         stem = Path(self.target[0]).stem if self.target else "run"

@@ -92,7 +92,7 @@ class Session:
         if suffixed:
             self.display.message(f"experiment {name!r} exists; this run is {exp_dir.name!r}")
         self.exp_dir = exp_dir
-        self.writer = ExperimentWriter(exp_dir, node=self.node,
+        self.writer = ExperimentWriter(exp_dir, node=self.node, keep_secrets=opts.keep_secrets,
                                        ranked=opts.dist is not None or torchrun.is_launcher(self.argv))
         self.state.name = exp_dir.name
         self.state.command = " ".join(self.argv)
