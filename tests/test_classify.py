@@ -12,6 +12,7 @@ import pytest
 
 from tlog.diagnosis import rules as classify_rules
 from tlog.diagnosis.classify import Diagnosis, FailureRecord, classify, classify_hang, classify_text
+from tlog.diagnosis.elastic import read_summary
 from tlog.views.diagnosis import classify_command, render_diagnosis
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -401,3 +402,18 @@ def test_classify_reads_the_tail_of_a_huge_log_and_refuses_empty_or_binary(tmp_p
         assert classify_command(str(tmp_path / name), as_json=False) == 2
         out = capsys.readouterr()
         assert out.out == "" and out.err == f"tlog: error: cannot read {tmp_path / name}: {reason}\n"
+
+
+def test_torchrun_failure_table_is_read_as_structure() -> None:
+    """The root entry of ChildFailedError's table decides; the torn-down ranks' SIGTERM lines do not."""
+    text = (FIXTURES / "tracebacks-reported" / "cases" / "013.txt").read_text()
+    table = read_summary(text.splitlines())
+    assert table is not None and table.root is not None
+    assert [(e.root, e.rank, e.exit_code, e.signal) for e in table.entries] == [
+        (False, 0, -15, 15), (True, 1, 1, None)]
+    dropped = [text.splitlines()[i].strip() for i in sorted(table.consequence_lines())]
+    assert dropped[0] == "[1]:" and dropped[-1] == "traceback : Signal 15 (SIGTERM) received by PID 1234"
+    d = classify_text(text)
+    assert (d.category, d.rule) == ("model_inference", "shape_mismatch")
+    assert d.evidence[-1] == "torchrun's failure table: root cause rank 1 (exit code 1); rank 0 ended after it"
+    assert read_summary(["RuntimeError: no table here"]) is None

@@ -9,9 +9,10 @@ the phase, and handles what leaves no traceback (SIGKILL and other signals, hang
 from __future__ import annotations
 
 import signal as _signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tlog.diagnosis import rules as R
+from tlog.diagnosis.elastic import read_summary
 from tlog.diagnosis.parse import CONTROL, TRUNCATED, WRAPPERS, Exc, Frame, parse, parse_stack, rx
 from tlog.diagnosis.remedy import CATEGORY_REMEDY, remedy
 
@@ -324,6 +325,24 @@ def classify(record: FailureRecord) -> Diagnosis:
         excs = sorted(events + excs, key=lambda e: bool(WRAPPERS.search(e.text)))
     lines = [(f"stderr line {n}", t) for n, t in enumerate(CONTROL.sub("", record.stderr_tail or "").splitlines(), 1)]
     sig = _death_signal(record)
+    table = read_summary([t for _, t in lines])
+    root = table.root if table else None
+    if table and root:  # torchrun's table: its root entry decides, the torn-down ranks' lines do not
+        drop = table.consequence_lines()
+        lines = [line for i, line in enumerate(lines) if i not in drop]
+        if root.signal and not any(not WRAPPERS.search(e.text) for e in excs):
+            sig, excs = root.signal, []  # the root rank died by a signal, no exception but torchrun's own
+    diagnosis = _classify(record, excs, lines, sig)
+    if root is not None:
+        how = f"signal {_signal_name(root.signal)}" if root.signal else f"exit code {root.exit_code}"
+        others = ", ".join(f"rank {e.rank}" for e in table.entries if not e.root) if table else ""
+        told = f"torchrun's failure table: root cause rank {root.rank} ({how})" + (
+            f"; {others} ended after it" if others else "")
+        diagnosis = replace(diagnosis, evidence=(*diagnosis.evidence, told))
+    return diagnosis
+
+
+def _classify(record: FailureRecord, excs: list[Exc], lines: list[tuple[str, str]], sig: int | None) -> Diagnosis:
     if sig == _signal.SIGKILL:
         return _killed(record, excs, lines)
     hit = _match(excs, lines)
