@@ -16,13 +16,14 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from tlog import statuses
 from tlog.diagnosis import rules as R
 from tlog.store import layout, snapshot
 from tlog.store.reader import ReadStats, iter_all_events, iter_events, read_json
 from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder, merge_error_update
 
-LIVE = frozenset({"running", "restarting", "unknown"})
+LIVE = frozenset({*statuses.LIVE, statuses.UNKNOWN})  # a status that may still change
 CATEGORIES = (R.DATA, R.MODEL, R.LOSS, R.GRAD, R.OPTIM, R.MEMORY, R.DEVICE, R.CKPT, R.VALID, R.CONFIG,
               R.NETWORK, R.SYSTEM, R.UNKNOWN)
 PHASES = ("initialization", "data_loading", "model_setup", "training_start", "epoch_start", "batch_start",
@@ -30,8 +31,7 @@ PHASES = ("initialization", "data_loading", "model_setup", "training_start", "ep
           "validation", "checkpoint_saving", "training_end", "error_recovery", "unknown")
 # Differ between any two runs without saying how they differ (the command line is compared as ``command``).
 UNCOMPARED = frozenset({"tlog.name", "tlog.target", "environment.argv", "environment.pid"})
-STATUSES = ("running", "restarting", "finished", "restarted", "failed", "killed", "oom-killed", "hung",
-            "preempted", "time-limit", "interrupted", "unknown")
+STATUSES = statuses.SELECTABLE
 
 
 MERGED = ".tlog/merged_summary.json"

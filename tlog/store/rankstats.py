@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tlog import statuses
 from tlog.protocol import number
-
-_FAILED = ("failed", "killed", "oom-killed", "hung", "interrupted")
 
 
 def rank_metrics(ranks: dict[str, dict], rank: int, event: dict) -> None:
@@ -73,7 +72,7 @@ def merged_status(status: str, nodes: dict[str, dict]) -> str:
     """The job's status: node 0's, unless another node ended worse (a job that failed on one node failed)."""
     if status != "finished":
         return status
-    return next((n["status"] for n in nodes.values() if n.get("status") in _FAILED), status)
+    return next((n["status"] for n in nodes.values() if n.get("status") in statuses.BAD), status)
 
 
 def rank_rows(ranks: dict[str, dict]) -> list[dict[str, Any]]:

@@ -16,13 +16,13 @@ import time
 from collections import deque
 from typing import Any
 
+from tlog import statuses
 from tlog.direction import config_modes, metric_mode
 from tlog.protocol import number
 
 NOT_METRICS = frozenset({"total_batches", "total_epochs", "epoch", "step", "batch"})
 CONFIG_EPOCH_KEYS = ("total_epochs", "epochs", "num_epochs", "max_epochs", "n_epochs")
-FINAL_STATUSES = frozenset({"finished", "failed", "killed", "oom-killed", "hung", "crashed", "interrupted",
-                            "timeout", "error", "preempted", "time-limit"})
+FINAL_STATUSES = frozenset(statuses.ENDED)
 SPARK_POINTS = 64
 RATE_SAMPLE_S = 0.5
 RATE_SAMPLES = 20  # ~10 s of history at one sample per RATE_SAMPLE_S

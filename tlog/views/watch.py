@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tlog import statuses
 from tlog.protocol import JSONDecodeError, loads
 from tlog.store.layout import node_file, node_ids
 from tlog.views.panel import LivePanel, render
@@ -30,7 +31,7 @@ CHUNK_BYTES = 1 << 22
 SETTLE_S = 1.5  # an exit followed by no new attempt within this long ends the run
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? (\||!|\[tlog\]) ?(.*)$")
 LOG_STREAMS = {"|": "stdout", "!": "stderr", "[tlog]": "tlog"}
-LIVE_STATUSES = frozenset({"running", "starting", "restarting"})
+LIVE_STATUSES = frozenset(statuses.LIVE)
 
 
 class Follower:
