@@ -417,3 +417,15 @@ def test_torchrun_failure_table_is_read_as_structure() -> None:
     assert (d.category, d.rule) == ("model_inference", "shape_mismatch")
     assert d.evidence[-1] == "torchrun's failure table: root cause rank 1 (exit code 1); rank 0 ended after it"
     assert read_summary(["RuntimeError: no table here"]) is None
+
+
+def test_one_vocabulary_for_categories_and_phases() -> None:
+    """Every rule, phase mapping and the seed API's enums speak the vocabulary rules.py declares."""
+    from tlog.compat.types import ErrorCategory, TrainingPhase
+
+    assert [c.value for c in ErrorCategory] == list(classify_rules.CATEGORIES)
+    assert [p.value for p in TrainingPhase] == list(classify_rules.PHASES)
+    assert {r.category for r in classify_rules.RULES} <= set(classify_rules.CATEGORIES)
+    assert set(classify_rules.PHASE_CATEGORY) <= set(classify_rules.PHASES)
+    assert set(classify_rules.PHASE_CATEGORY.values()) <= set(classify_rules.CATEGORIES)
+    assert set(classify_rules.PHASE_ALIASES.values()) <= set(classify_rules.PHASES)

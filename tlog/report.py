@@ -24,11 +24,8 @@ from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder, merge_error_update
 
 LIVE = frozenset({*statuses.LIVE, statuses.UNKNOWN})  # a status that may still change
-CATEGORIES = (R.DATA, R.MODEL, R.LOSS, R.GRAD, R.OPTIM, R.MEMORY, R.DEVICE, R.CKPT, R.VALID, R.CONFIG,
-              R.NETWORK, R.SYSTEM, R.UNKNOWN)
-PHASES = ("initialization", "data_loading", "model_setup", "training_start", "epoch_start", "batch_start",
-          "forward_pass", "loss_computation", "backward_pass", "optimization_step", "batch_end", "epoch_end",
-          "validation", "checkpoint_saving", "training_end", "error_recovery", "unknown")
+CATEGORIES = R.CATEGORIES
+PHASES = (*R.PHASES, "unknown")  # a failure whose phase nobody could tell
 # Differ between any two runs without saying how they differ (the command line is compared as ``command``).
 UNCOMPARED = frozenset({"tlog.name", "tlog.target", "environment.argv", "environment.pid"})
 STATUSES = statuses.SELECTABLE

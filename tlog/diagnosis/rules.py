@@ -19,6 +19,11 @@ from dataclasses import dataclass
 MEMORY, DEVICE, NETWORK, SYSTEM = "memory", "device", "network", "system"
 DATA, MODEL, LOSS, GRAD = "data_loading", "model_inference", "loss_computation", "gradient_computation"
 OPTIM, CKPT, VALID, CONFIG, UNKNOWN = "optimization", "checkpoint", "validation", "configuration", "unknown"
+# The seed's vocabularies, in its order (compat.types exposes them as its ErrorCategory/TrainingPhase enums).
+CATEGORIES = (DATA, MODEL, LOSS, GRAD, OPTIM, MEMORY, DEVICE, CKPT, VALID, CONFIG, NETWORK, SYSTEM, UNKNOWN)
+PHASES = ("initialization", "data_loading", "model_setup", "training_start", "epoch_start", "batch_start",
+          "forward_pass", "loss_computation", "backward_pass", "optimization_step", "batch_end", "epoch_end",
+          "validation", "checkpoint_saving", "training_end", "error_recovery")
 
 # A restart may help with these (by convention): the cause lies outside the program's own logic.  A rule
 # overrides its category's verdict with ``Rule.transient``; ``restartable`` gives the answer.

@@ -28,8 +28,7 @@ from tlog.diagnosis import rules as R
 from tlog.diagnosis.rules import TRANSIENT
 
 ALL = "all"
-KNOWN_CATEGORIES = frozenset({r.category for r in R.RULES} | set(R.PHASE_CATEGORY.values()) | TRANSIENT
-                             | {R.UNKNOWN})
+KNOWN_CATEGORIES = frozenset(R.CATEGORIES)
 
 
 class State(StrEnum):
