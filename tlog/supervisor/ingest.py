@@ -17,7 +17,6 @@ is joined back into one line for the log.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -30,7 +29,8 @@ from tlog import protocol
 READ_SIZE = 1 << 16
 SMALL_READ = 1 << 12
 COALESCE_S = 0.02
-READER_JOIN_S = 5.0  # after the child exits, how long its pipes may stay open (held by its leftovers)
+LINGER_S = 0.5  # after the child exits, how long its leftovers may keep its pipes open before they are killed
+READER_JOIN_S = 2.0  # then, how long the pipes may take to close
 MAX_LINE = 1 << 20
 _MARKER_LEN = len(protocol.MARKER)
 
@@ -212,21 +212,25 @@ def start_readers(proc: subprocess.Popen, on_events: OnEvents, on_output: OnOutp
     return readers
 
 
-def drain(readers: list[StreamReader], pid: int, say: Callable[[str], None]) -> None:
-    """Wait for the pipes to close; leftovers of the group holding them open are killed."""
-    deadline = time.monotonic() + READER_JOIN_S
-    for reader in readers:
-        reader.join(max(0.0, deadline - time.monotonic()))
+def drain(readers: list[StreamReader], kill_rest: Callable[[], set[int]], say: Callable[[str], None]) -> None:
+    """After the child's exit: let the pipes close for a moment, kill what is left of the run (holding
+    them open or not), then wait for the pipes a bounded time; a holder outside the run is not waited on."""
+    _join(readers, LINGER_S)
+    holding = any(r.is_alive() for r in readers)
+    if left := kill_rest():
+        held = " and held its output open" if holding else ""
+        say(f"{len(left)} process(es) of the run outlived it{held}; killed")
+    _join(readers, READER_JOIN_S)
     if any(r.is_alive() for r in readers):
-        say("processes of the run outlived it and held its output open; killing them")
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for reader in readers:
-            reader.join(2.0)
+        say("the run's output is held open by a process outside its tree; not waiting for it")
     for reader in readers:
         if reader.error is not None:
             say(f"reading the run's {reader.stream} failed: {reader.error!r}")
         if reader.splitter.malformed:
             say(f"{reader.splitter.malformed} malformed event line(s) on {reader.stream} kept as output")
+
+
+def _join(readers: list[StreamReader], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for reader in readers:
+        reader.join(max(0.0, deadline - time.monotonic()))

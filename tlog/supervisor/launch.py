@@ -2,7 +2,9 @@
 
 The child gets its own session, so a Ctrl-C in the terminal reaches tlog
 alone; tlog forwards it to the whole group (DataLoader workers included),
-waits ``grace`` seconds, then kills the group.  A second Ctrl-C kills at once.
+waits ``grace`` seconds, then kills the run's whole tree (``proctree``: setsid
+descendants too).  A second Ctrl-C kills at once.  The child is also set to die
+with tlog (``PR_SET_PDEATHSIG``), whatever kills tlog.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import tlog
 from tlog import protocol
+from tlog.supervisor import proctree
 
 BOOT_DIR = Path(tlog.__file__).resolve().parent / "hook" / "boot"
 PKG_DIR = Path(tlog.__file__).resolve().parent.parent
@@ -87,7 +90,9 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 def spawn(spec: ChildSpec) -> subprocess.Popen:
     try:
         return subprocess.Popen(spec.argv, env=spec.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=None, bufsize=0, start_new_session=True)
+                                stdin=None, bufsize=0, start_new_session=True,
+                                # two syscalls, no lock nor import: safe with tlog's threads
+                                preexec_fn=proctree.die_with_parent(os.getpid()))  # noqa: PLW1509
     except OSError as exc:
         raise LaunchError(f"cannot start {spec.argv[0]}: {exc.strerror or exc}", 127) from None
 
@@ -109,10 +114,12 @@ def signal_name(signum: int | None) -> str:
 
 
 class GroupSignaller:
-    """Forwards signals to the child's process group with one grace deadline."""
+    """Forwards signals to the child's process group with one grace deadline, after which ``kill_tree``
+    (every process of the run) is called."""
 
-    def __init__(self, pid: int, grace: float, on_message: callable) -> None:
+    def __init__(self, pid: int, grace: float, on_message: callable, kill_tree: callable = lambda: None) -> None:
         self.pid = pid
+        self.kill_tree = kill_tree
         self.grace = grace
         self.say = on_message
         self.forwarded: int | None = None
@@ -134,6 +141,7 @@ class GroupSignaller:
 
     def kill(self) -> None:
         self._send(signal.SIGKILL)
+        self.kill_tree()
 
     def stop(self) -> None:
         """tlog's own decision to end the run (a hang): TERM now, KILL after the grace; not a forwarded signal."""

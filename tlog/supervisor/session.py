@@ -27,8 +27,9 @@ from tlog.diagnosis import failure
 from tlog.hook.crash import ENV_STACK_SIGNAL
 from tlog.store import layout
 from tlog.store.writer import ExperimentWriter
-from tlog.supervisor import hang, launch, notify, options, ranks, restart, scheduler, torchrun
+from tlog.supervisor import hang, launch, notify, options, proctree, ranks, restart, scheduler, torchrun
 from tlog.supervisor.display import Display, QuietDisplay, make_display
+from tlog.supervisor.guardian import Guardian
 from tlog.supervisor.ingest import StreamReader, drain, start_readers
 from tlog.supervisor.limits import oom_kill_count
 from tlog.supervisor.live import LivePage, merge
@@ -73,6 +74,7 @@ class Session:
         self._wake = threading.Event()
         self.scraper = make_scraper(opts.scrape)
         self.live = None  # --export tensorboard:DIR (tlog.export.live), made in prepare
+        self.tree: proctree.RunTree | None = None
 
     # -- setup --------------------------------------------------------------------------
     def prepare(self) -> Path:
@@ -188,12 +190,18 @@ class Session:
                                on_sample=self.on_sample, on_warning=self.on_warning, nvml=nvml,
                                thresholds=Thresholds.from_seed(self.opts.settings.get("monitoring_thresholds")))
         self.monitor.baseline()
+        proctree.become_subreaper()  # the run's orphans stay findable (and are reaped) here
+        guardian = Guardian()  # ends the run if tlog dies
+        self.tree = proctree.RunTree(lambda sid, start: self._new_session(guardian, sid, start))
         try:
             with self.display:
                 result = self._supervise()
             status = result.status
             return result.exit_code
         finally:
+            self.tree.kill()
+            self.tree.stop()
+            guardian.close()
             launch.restore_handlers(previous)
             self._close_page()
             self.monitor.stop()
@@ -274,9 +282,10 @@ class Session:
         self._close_page()
         self.page = LivePage.open()  # one per attempt: a restart never shows the steps of the attempt before
         proc = launch.spawn(launch.ChildSpec(argv, self._child_env(attempt, resume)))
+        self.tree.adopt(proc.pid)
         self.monitor.pid = proc.pid
         self.monitor.start()
-        self.signaller = launch.GroupSignaller(proc.pid, self.opts.grace, self.say)
+        self.signaller = launch.GroupSignaller(proc.pid, self.opts.grace, self.say, self.tree.kill)
         self.emit("attempt", {"event": "start", "attempt": attempt, "pid": proc.pid, "argv": list(argv),
                               "max_attempts": self.opts.restart_policy.max_attempts,
                               **({"resume_checkpoint": resume.path, "resume_step": resume.step} if resume else {})})
@@ -291,7 +300,8 @@ class Session:
         self.signaller.cancel()
         if self.hangs is not None:
             self.hangs.stop()
-        drain(readers, proc.pid, self.say)
+        drain(readers, self.tree.kill, self.say)
+        self.tree.stop()
         return self._finish_attempt(self.attempt, returncode, readers)  # torchrun may have started more
 
     def _finish_attempt(self, attempt: int, returncode: int, readers: list[StreamReader]) -> AttemptResult:
@@ -394,6 +404,12 @@ class Session:
         self.emit("attempt", {"event": "start", "attempt": self.attempt, "by": "torchrun", "restart_count": count,
                               "pid": self.monitor.pid})
         self.recovery = restart.RecoveryWatch(error, time.time())
+
+    def _new_session(self, guardian: Guardian, sid: int, start: int) -> None:
+        """A session of the run: the guardian must know it; one a descendant started goes to training.log."""
+        guardian.session(sid, start)
+        if self.tree.child is not None and sid != self.tree.child.pid:
+            self.writer.message(f"process {sid} of the run started a session of its own; it ends with the run")
 
     def _on_signal(self, signum: int) -> None:
         if self.signaller is None:
