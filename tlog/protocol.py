@@ -20,6 +20,7 @@ Schema of the JSON object (every key but ``kind``/``data`` optional):
 ``attempt`` restart attempt, stamped by the supervisor.
 ``src``     "auto" for values the probe captured (explicit values win over them).
 ``data``    the payload (an object).
+``steps``   metrics only: the earlier steps of the window the event closes, as columns (see ``step_rows``).
 
 A JSON object with neither ``kind`` nor ``data`` is a bare metrics event: its
 ``t``/``step``/``epoch``/``batch``/``rank`` keys are lifted out and the rest is
@@ -99,6 +100,7 @@ MAX_KEY = 200  # characters of a key (metric names included) or a metric's strin
 MAX_STR = 1 << 16  # characters of a string in a payload (a traceback)
 MAX_DEPTH = 16
 MAX_METRICS = 1000
+MAX_STEPS = 1 << 16  # rows of one window's ``steps`` columns (the probe reports at least every 10,000 steps)
 _STR, _INT = (str,), (int,)
 _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {  # what the supervisor reads of each child kind
     "phase": {"phase": _STR, "total_batches": _INT, "total_epochs": _INT},
@@ -260,6 +262,9 @@ def decode(payload: bytes, now: float | None = None) -> dict:
         raise WireError("'t' must be a wall time in seconds since the epoch")
     event["t"] = t
     event["data"] = _metrics(data) if kind == "metrics" else _payload(kind, data)
+    steps = obj.get("steps")
+    if steps is not None and kind == "metrics":
+        event["steps"] = _steps(steps)
     return event
 
 
@@ -294,6 +299,68 @@ def _metrics(data: dict) -> dict:
             raise WireError(f"metric {key[:40]!r} must be a number, got {cls.__name__}")
         clean[key[:MAX_KEY]] = value
     return clean
+
+
+def _steps(steps: Any) -> dict[str, list]:
+    """A window's columns: ``step`` (integers) and per metric a list of the same length of numbers, non-finite
+    markers or null; ``batch`` integers or null.  Bounded in rows and names; anything else is refused whole."""
+    if steps.__class__ is not dict or len(steps) > MAX_METRICS:
+        raise WireError("'steps' must be an object of at most 1000 columns")
+    rows = steps.get("step")
+    if rows.__class__ is not list or not 0 < len(rows) <= MAX_STEPS:
+        raise WireError(f"'steps' needs a 'step' list of 1 to {MAX_STEPS} integers")
+    n = len(rows)
+    clean: dict[str, list] = {}
+    for key, column in steps.items():
+        if key.__class__ is not str or column.__class__ is not list or len(column) != n:
+            raise WireError(f"'steps' column {str(key)[:40]!r} must be a list as long as 'step'")
+        if key in ("step", "batch"):
+            for value in column:
+                if not (value is None and key == "batch") and (
+                        value.__class__ is not int or not -1 <= value < MAX_POSITION):
+                    raise WireError(f"'steps' column {key!r} must hold integers in [-1, 2**53)")
+            clean[key] = column
+            continue
+        for i, value in enumerate(column):
+            cls = value.__class__
+            if cls is float:
+                if value - value != 0:
+                    column[i] = finite(value)
+            elif cls is int:
+                if not -MAX_INT <= value < MAX_INT:
+                    raise WireError(f"'steps' column {key[:40]!r} holds an integer out of range")
+            elif cls is str:
+                if value not in _NONFINITE:
+                    raise WireError(f"'steps' column {key[:40]!r} must hold numbers or null")
+            elif value is not None:
+                raise WireError(f"'steps' column {key[:40]!r} must hold numbers or null")
+        clean[key[:MAX_KEY]] = column
+    return clean
+
+
+def step_rows(event: dict) -> list[dict]:
+    """The per-step metrics events a window event stands for, in order: one per row of its ``steps`` columns
+    (values that are null left out), then the event itself without them.
+
+    Why columns: the probe keeps every step's values and sends them once per report window, so the wire and
+    events.jsonl carry one line per window, not one per step.  Rows share the event's time, epoch and source.
+    """
+    steps = event.get("steps")
+    if steps is None:
+        return [event]
+    base = {key: value for key, value in event.items() if key not in ("steps", "data", "step", "batch")}
+    names = [key for key in steps if key not in ("step", "batch")]
+    batches = steps.get("batch")
+    out = []
+    for i, step in enumerate(steps["step"]):
+        row = {**base, "step": step}
+        if batches is not None and batches[i] is not None:
+            row["batch"] = batches[i]
+        row["data"] = {name: steps[name][i] for name in names if steps[name][i] is not None}
+        out.append(row)
+    last = {key: value for key, value in event.items() if key != "steps"}
+    out.append(last)
+    return out
 
 
 def _payload(kind: str, data: dict) -> dict:

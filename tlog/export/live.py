@@ -45,10 +45,11 @@ class LiveTensorBoard:
         """Called from the reader and monitor threads with the events just written to events.jsonl."""
         with self.lock:
             touched = set()
-            for event in events:
-                written = self._one(event)
-                if written is not None:
-                    touched.add(written)
+            for window in events:
+                for event in protocol.step_rows(window) if "steps" in window else (window,):
+                    written = self._one(event)
+                    if written is not None:
+                        touched.add(written)
             for f in touched:
                 f.file.flush()
 

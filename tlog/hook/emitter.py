@@ -3,10 +3,13 @@
 Runs inside the training process, so it is stdlib-only and the path of
 ``tlog.log()`` is a few attribute reads, one ``dumps`` and one ``write``.
 Events are written synchronously: an event that ``log()`` returned from is in
-the pipe, so a SIGKILL a moment later loses nothing.  The one exception is a
-value that lives on an accelerator: reading it would stall the device queue,
-so once the torch probe runs, a ``tlog.log`` call holding such a tensor is
-held back and read, with everything else pending, at the probe's next report.
+the pipe, so a SIGKILL a moment later loses nothing.  The exception is a run
+the torch probe reports for: there a ``tlog.log`` call is held (an append,
+no encoding, no write) and sent with the probe's next report, its values in
+the window's per-step columns, so a value logged at a step shares that
+step's row and a device tensor is read with the window, never on its own.
+A SIGKILL then loses what the probe's window loses: the steps since the
+last report.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from tlog import protocol
 
 ENV_SUPERVISED = "TLOG_SUPERVISED"
 ENV_DISABLE = "TLOG_DISABLE"
-MAX_DEFERRED = 1000  # held-back tlog.log calls before they are read anyway (one device sync per this many)
+MAX_DEFERRED = 10_000  # held tlog.log calls before they are sent anyway (one device sync per this many)
 MAX_DEFERRED_S = 5.0  # ... or once the oldest has waited this long
 
 
@@ -50,7 +53,7 @@ class Emitter:
         self.enabled = True
         self.crashed = False
         self.context = _context_from_env()
-        self.defer_devices = False  # set by the torch probe, which then calls flush_deferred at each report
+        self.hold = False  # set by the torch probe, which then takes the held calls at each report
         self.locate: Callable[[], None] | None = None  # the torch probe's: brings ``batch`` up to date
         self.deferred: list[tuple[dict, int | None, int | None, int | None, str | None]] = []
         self._deferred_since = 0.0
@@ -89,7 +92,16 @@ class Emitter:
 
     def metrics(self, data: dict, step: int | None, epoch: int | None, batch: int | None,
                 src: str | None = None) -> None:
-        """The hot path of ``tlog.log``: one metrics event at the current loop position."""
+        """The hot path of ``tlog.log``: one metrics event at the current loop position (held for the probe's
+        next report while it runs)."""
+        if self.hold:
+            self._defer(data, step, epoch, batch, src)
+            return
+        self.send_metrics(data, step, epoch, batch, src)
+
+    def send_metrics(self, data: dict, step: int | None, epoch: int | None, batch: int | None,
+                     src: str | None = None, steps: dict | None = None) -> None:
+        """One metrics event now (``steps``: a window's earlier rows, see ``protocol.step_rows``)."""
         if not self.enabled:
             return
         clean = {}
@@ -99,26 +111,29 @@ class Emitter:
                 clean[key] = value if value - value == 0 else protocol.finite(value)
             elif cls is int or cls is str or value is None:
                 clean[key] = value
-            elif self.defer_devices and getattr(value, "is_cpu", True) is False:
-                self._defer(data, step, epoch, batch, src)
-                return
             else:
                 clean[key] = _scalar(value)
         self.emit("metrics", clean,
                   step=self.step if step is None else step,
                   epoch=self.epoch if epoch is None else epoch,
-                  batch=self.batch if batch is None else batch, src=src)
+                  batch=self.batch if batch is None else batch, src=src, steps=steps)
 
     def _defer(self, data: dict, step: int | None, epoch: int | None, batch: int | None, src: str | None) -> None:
-        """Hold a call with a device tensor back, at its loop position, until the next report reads it."""
-        held = {k: v.detach() if getattr(v, "is_cpu", True) is False else v for k, v in data.items()}
-        now = time.monotonic()
-        if not self.deferred:
-            self._deferred_since = now
-        self.deferred.append((held, self.step if step is None else step, self.epoch if epoch is None else epoch,
+        """Hold a call, at its loop position, until the next report (device tensors detached, read then)."""
+        deferred = self.deferred
+        for value in data.values():
+            if value.__class__ is not float and getattr(value, "is_cpu", True) is False:
+                data = {k: v.detach() if getattr(v, "is_cpu", True) is False else v for k, v in data.items()}
+                break
+        else:
+            data = dict(data)  # the caller may reuse its dict
+        if not deferred:
+            self._deferred_since = time.monotonic()
+        elif len(deferred) >= MAX_DEFERRED or time.monotonic() - self._deferred_since > MAX_DEFERRED_S:
+            self.flush_deferred()  # no report came (a loop without steps): send them anyway, rarely
+            self._deferred_since = time.monotonic()
+        self.deferred.append((data, self.step if step is None else step, self.epoch if epoch is None else epoch,
                               self.batch if batch is None else batch, src))
-        if len(self.deferred) >= MAX_DEFERRED or now - self._deferred_since > MAX_DEFERRED_S:
-            self.flush_deferred()  # no report came (a loop without steps): read them anyway, rarely
 
     def take_deferred(self) -> tuple[list, list[Any]]:
         """The held-back calls and their device tensors, for a caller that reads those with its own (the probe's
@@ -126,12 +141,19 @@ class Emitter:
         held, self.deferred = self.deferred, []
         return held, [v for data, *_ in held for v in data.values() if getattr(v, "is_cpu", True) is False]
 
-    def emit_deferred(self, held: list, values: list[float]) -> None:
-        """Emit held-back calls in order, each device tensor replaced by its value (in ``take_deferred`` order)."""
+    @staticmethod
+    def resolve_deferred(held: list, values: list[float]) -> list:
+        """The held calls with each device tensor replaced by its value (in ``take_deferred`` order)."""
+        if not values:
+            return held
         read = iter(values)
-        for data, step, epoch, batch, src in held:
-            self.metrics({k: next(read) if getattr(v, "is_cpu", True) is False else v for k, v in data.items()},
-                         step, epoch, batch, src)
+        return [({k: next(read) if getattr(v, "is_cpu", True) is False else v for k, v in data.items()}, *pos)
+                for data, *pos in held]
+
+    def emit_deferred(self, held: list, values: list[float]) -> None:
+        """Emit held-back calls in order, each device tensor replaced by its value."""
+        for call in self.resolve_deferred(held, values):
+            self.send_metrics(*call)
 
     def flush_deferred(self) -> None:
         """Emit the held-back calls now, their device values read together (one sync)."""

@@ -61,7 +61,7 @@ def install(em: Emitter, settings: Settings | None = None) -> Probe:
             probe.undoers[name] = patch(probe)
         except Exception as exc:  # noqa: BLE001 - an unexpected torch: this patch stays off
             probe.fail(name, exc)
-    em.defer_devices = "step" not in probe.off  # held-back device values need the reports to read them
+    em.hold = "step" not in probe.off  # held tlog.log calls need the reports to send them
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
     em.emit("meta", {**versions, "probes": [name for name, _ in all_patches if name not in probe.off],
                      "log_every": probe.settings.log_every, "grad_norm": probe.settings.grad_norm})

@@ -128,6 +128,9 @@ class Scan:
             batch = event.get("batch")
             tb = self.total_batches
             self.epoch = epoch + batch / tb if batch is not None and tb else float(epoch)
+        steps = event.get("steps")
+        if steps is not None:
+            self._window(event, steps)
         t, epoch, all_series = event["t"], self.epoch, self.series
         for key, raw in data.items():  # the hot loop of a scan: _point inlined
             if key in _CONTEXT:
@@ -144,6 +147,35 @@ class Scan:
                     continue
                 series.buf.extend(p)
             series.pending, series.flags = (step, epoch, t, value), flags
+
+    def _window(self, event: dict, steps: dict[str, list]) -> None:
+        """The earlier steps of a window event (``protocol.step_rows``): their points, before the event's own.
+        Each point is final but the series' last, which stays pending like any other."""
+        rows = steps["step"]
+        self.events += len(rows)
+        epoch, batches, tb = event.get("epoch"), steps.get("batch"), self.total_batches
+        if epoch is None:
+            epochs = [self.epoch] * len(rows)
+        elif batches is None or not tb:
+            epochs = [float(epoch)] * len(rows)
+        else:
+            epochs = [float(epoch) if b is None else epoch + b / tb for b in batches]
+        t = event["t"]
+        for key, column in steps.items():
+            if key in ("step", "batch") or key in _CONTEXT:
+                continue
+            points = [(step, e, t, v if v.__class__ is float else _num(v))
+                      for step, e, v in zip(rows, epochs, column, strict=True) if v is not None]
+            if not points:
+                continue
+            series = self.series.get(key) or self._new(key)
+            p = series.pending
+            if p is not None and p[0] != points[0][0]:
+                series.buf.extend(p)
+            buf = series.buf
+            for point in points[:-1]:
+                buf.extend(point)
+            series.pending, series.flags = points[-1], _HAS_STEP
 
     def _new_attempt(self, attempt: int | None) -> None:
         """A restart repeats steps: the last attempt's pending points are final, not merged with the new ones."""

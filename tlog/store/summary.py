@@ -12,7 +12,7 @@ from typing import Any
 
 from tlog.direction import config_modes, metric_mode
 from tlog.protocol import number
-from tlog.store import rankstats
+from tlog.store import rankstats, spike
 
 _PEAK_KEYS = {"rss_max_mb": "rss_mb", "rss_peak_mb": "rss_mb", "mem_limit_mb": "mem_limit_mb"}
 _CONTEXT_KEYS = frozenset({"total_batches", "total_epochs"})
@@ -50,6 +50,29 @@ class MetricStats:
         if mode is not None and (self.best is None or (value < self.best if mode == "min" else value > self.best)):
             self.best = value
             self.best_step = step
+
+    def add_many(self, values: list[Any], steps: list[int]) -> None:
+        """A window's column (numbers, non-finite markers, None where a step has no value), at ``steps``."""
+        try:
+            total = sum(values)
+            fast = total - total == 0
+        except TypeError:
+            fast = False
+        if not fast:
+            for value, step in zip(values, steps, strict=True):
+                value = value if value.__class__ is float else number(value)
+                if value is not None:
+                    self.add(value, step)
+            return
+        self.count += len(values)
+        self.last, self.last_step = values[-1], steps[-1]
+        low, high = min(values), max(values)
+        self.min, self.max = min(self.min, low), max(self.max, high)
+        mode = self.mode
+        if mode is not None:
+            best = low if mode == "min" else high
+            if self.best is None or (best < self.best if mode == "min" else best > self.best):
+                self.best, self.best_step = best, steps[values.index(best)]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"last": _json_num(self.last), "last_step": self.last_step, "count": self.count}
@@ -136,6 +159,7 @@ class SummaryBuilder:
         self.explicit_step: list[Any] = [None, []]  # [step, names] of the newest explicit values
         self.ranks: dict[str, dict[str, Any]] = {}  # distributed runs: per rank (tlog.store.rankstats)
         self.nodes: dict[str, dict[str, Any]] = {}  # multi-node runs: the supervisors of nodes 1, 2, ...
+        self.spike: list[Any] = spike.new()  # the loss's largest single-step spike (tlog.store.spike)
 
     def state(self) -> dict[str, Any]:
         """Everything the fold knows, as JSON.  Saved with the byte offset of events.jsonl it covers, it lets
@@ -183,6 +207,9 @@ class SummaryBuilder:
             rankstats.rank_metrics(self.ranks, rank, event)
             if rank != 0:  # the run's own series are rank 0's
                 return
+        steps = event.get("steps")
+        if steps is not None:
+            self._window(event, steps)
         step = event.get("step")
         if step is not None and (self.max_step is None or step > self.max_step):
             self.max_step = step
@@ -220,11 +247,37 @@ class SummaryBuilder:
                 held.pop(key, None)  # the probe's value of this step, replaced
                 self._fold(key, value, step)
 
+    def _window(self, event: dict, steps: dict[str, list]) -> None:
+        """The earlier steps of a window event (``protocol.step_rows``): final values, folded column by column."""
+        rows = steps["step"]
+        held_step, held = self.held_auto
+        if held:
+            for key, value in held.items():
+                self._fold(key, value, held_step)
+            held.clear()
+        self.rows += len(rows)
+        top = max(rows)
+        if self.max_step is None or top > self.max_step:
+            self.max_step = top
+        if self.span is None:
+            self.span = [event.get("t"), rows[0], event.get("t")]
+        for key, column in steps.items():
+            if key in ("step", "batch") or key in _CONTEXT_KEYS:
+                continue
+            st = self.metrics.get(key)
+            if st is None:
+                st = self.metrics[key] = MetricStats(metric_mode(key, self.modes))
+            st.add_many(column, rows)
+            if key == "loss":
+                spike.add_many(self.spike, column, rows)
+
     def _fold(self, key: str, value: float, step: int | None) -> None:
         st = self.metrics.get(key)
         if st is None:
             st = self.metrics[key] = MetricStats(metric_mode(key, self.modes))
         st.add(value, step)
+        if key == "loss":
+            spike.add_many(self.spike, [value], [step])
 
     def _attempt(self, event: dict) -> None:
         if event.get("node"):  # another node's supervisor: its attempts are its own, the run's are node 0's
@@ -339,6 +392,7 @@ class SummaryBuilder:
             "steps_per_s": self._steps_per_s(),
             "rows": self.rows,
             "metrics": self._metric_dicts(),
+            "spike": spike.result(self.spike, "loss"),
             "checkpoints": {"count": self.checkpoints, "newest": self.newest_checkpoint},
             "errors": {"count": self.errors_total, "by_category": by_category, "items": self.errors[-20:]},
             "warnings": {"count": sum(self.warnings.values()), "by_category": dict(self.warnings)},

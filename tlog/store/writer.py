@@ -82,7 +82,11 @@ class ExperimentWriter:
     def _fold(self, event: dict) -> None:
         kind = event["kind"]
         if kind == "metrics":
-            self.rows.add(event)
+            if "steps" in event:  # a window of steps: one CSV row each, appended with the chunk's others
+                for row in protocol.step_rows(event):
+                    self.rows.add(row)
+            else:
+                self.rows.add(event)
         elif kind == "system":
             self._system_row(event)
         elif kind in ("phase", "checkpoint"):

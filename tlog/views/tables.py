@@ -56,6 +56,10 @@ def print_summary(s: dict[str, Any], console: Console | None = None) -> None:
     _line(console, "command", " ".join(s.get("command") or []) or "n/a")
     _line(console, "path", s.get("path", "n/a"))
     _metrics_table(s.get("metrics", {}), console)
+    spike = s.get("spike")
+    if spike and spike.get("ratio", 0) > 1:
+        _line(console, "spike", f"{spike['metric']} {fmt_num(spike['value'])} at step {fmt_num(spike['step'])}, "
+                                f"{fmt_num(spike['ratio'])}x its running median {fmt_num(spike['median'])}")
     _resources(s.get("resources", {}).get("peaks") or {}, console)
     print_ranks(s, console)
     ckpt = s.get("checkpoints") or {}

@@ -188,7 +188,7 @@ class Loaders:
         if side.losses and loader is not None:
             probe.report_pending()  # the last training step's row, which the validation value joins
             values = numbers(side.losses)
-            probe.em.metrics({self._name(loader): sum(values) / len(values)}, None, None, None, src="auto")
+            probe.em.send_metrics({self._name(loader): sum(values) / len(values)}, None, None, None, src="auto")
         probe.idle()
 
     def _close(self) -> None:

@@ -1,11 +1,16 @@
-"""One report: the window's losses read at once, turned into one metrics event at the current step.
+"""One report: the window's losses read at once, turned into one metrics event for its steps.
 
-Rows are reports.  ``--log-every N`` reports at every step that is a multiple
-of N (the mean loss of those N steps); the default (0) reports at the first
-step and then at most every ``AUTO_INTERVAL_S`` seconds, so a 0.1 ms step
-pays for one report per ~5,000 steps while a step slower than that interval
-gets a row of its own.  Epoch ends, validation, checkpoints and exit report
-what is pending, so each of them lands on an up-to-date row.
+By default (``--log-every 0``) every step keeps its own row: the report at
+the first step, then at most every ``AUTO_INTERVAL_S`` seconds, sends one
+event whose ``steps`` columns hold the window's earlier steps (step, batch,
+loss, the learning rate where it changed, the ``tlog.log`` values of those
+steps) and whose data is the last step's, with what belongs to the window as
+a whole (throughput, memory, gradient norm).  The window is the unit of
+transfer, so a 0.1 ms step pays for one event per ~5,000 steps and a GPU run
+synchronises at most twice a second.  ``--log-every N`` reports at every
+step that is a multiple of N, one row with the mean loss of those N steps.
+Epoch ends, validation, checkpoints and exit report what is pending, so each
+of them lands on an up-to-date row.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tlog.hook.emitter import _scalar
 from tlog.hook.probes.window import Summary
+from tlog.protocol import finite
 
 if TYPE_CHECKING:
     from tlog.hook.probes.state import Probe
@@ -72,10 +79,14 @@ class Reporter:
         epoch, batch = self.due or (None, None)
         self.due = None
         held, tensors = em.take_deferred()
+        steps = None
         try:
             summary = probe.window.take(probe.primary, tensors)
             data = self._losses(summary)
             data.update(self._optimizers())
+            primary = probe.primary
+            if primary is not None and primary.lr.__class__ is float:
+                data["learning_rate"] = primary.lr  # the lr of the last step, even if a scheduler moved on since
             data.update(self._throughput(summary))
             if summary.grad_norm is not None:
                 data["gradient_norm"] = summary.grad_norm
@@ -83,6 +94,11 @@ class Reporter:
                 data["total_batches"] = probe.total_batches
             if "cuda" not in probe.off:
                 data.update(self._guard("cuda", cuda_memory))
+            if probe.owned:  # a framework adapter's numbers (tlog/hook/frameworks) win: not the probe's guess
+                data = {k: v for k, v in data.items() if k not in probe.owned}
+            held = em.resolve_deferred(held, summary.extra)
+            if not self.every and summary.rows:
+                held, steps = self._per_step(summary, data, held)
         except Exception as exc:  # noqa: BLE001 - a report that cannot be built: reports stop, training does not
             probe.fail("report", exc)
             em.deferred[:0] = held
@@ -91,12 +107,43 @@ class Reporter:
         finally:
             self.next_t = perf_counter() + (0.0 if self.every else AUTO_INTERVAL_S)
             self.next_step = self._next_multiple()
-        em.emit_deferred(held, summary.extra)
-        if probe.owned:  # a framework adapter's numbers (tlog/hook/frameworks) win: not the probe's guess
-            data = {k: v for k, v in data.items() if k not in probe.owned}
-        em.metrics(data, probe.step, epoch, batch, src="auto")
+        for call in held:
+            em.send_metrics(*call)
+        em.send_metrics(data, probe.step, epoch, batch, src="auto", steps=steps)
         if any(st.dead for st in probe.optimizers):  # reported for the last time
             probe.optimizers = [st for st in probe.optimizers if not st.dead or st is probe.primary]
+
+    def _per_step(self, summary: Summary, data: dict[str, Any], held: list) -> tuple[list, dict | None]:
+        """The window's rows: loss (per optimizer with several), the learning rate where it changed and the
+        held ``tlog.log`` values, each at its step; the last row goes into ``data``, the others become the
+        event's ``steps`` columns.  Returns the held calls that are not of these rows, and the columns."""
+        owned, several = self.probe.owned, len(self.probe.optimizers) > 1
+        rows = {k: v for k, v in summary.rows.items() if k not in owned and (several or not k.startswith("loss/"))}
+        n = len(rows["step"])
+        pos = {step: i for i, step in enumerate(rows["step"])}
+        if summary.nonfinite:
+            for key in [k for k in rows if k.startswith("loss")]:
+                rows[key] = [v if v is None or v - v == 0 else finite(v) for v in rows[key]]
+        lrs = [(step, lr) for step, lr in summary.lrs
+               if lr.__class__ is float and step in pos and "learning_rate" not in owned]
+        if lrs:
+            column = rows["learning_rate"] = [None] * n
+            for step, lr in lrs:
+                column[pos[step]] = lr
+        rest = [call for call in held if not _merge(call, rows, pos, self.probe.em.epoch)]
+        for key in [k for k in data if k == "loss" or k.startswith("loss/")]:
+            del data[key]  # the window's means: the last row's own values replace them
+        last = n - 1
+        if rows["step"][last] == self.probe.step:
+            for key, column in rows.items():
+                if key not in ("step", "batch") and column[last] is not None:
+                    data[key] = column[last]
+            n = last
+        steps = {key: column[:n] for key, column in rows.items()
+                 if key == "step" or any(v is not None for v in column[:n])}
+        if not n or all(key in ("step", "batch") for key in steps):
+            return rest, None  # no values in the earlier rows (a framework adapter reports them itself)
+        return rest, steps
 
     def _next_multiple(self) -> int:
         return (self.probe.step // self.every + 1) * self.every if self.every else 0
@@ -158,3 +205,29 @@ class Reporter:
         except Exception as exc:  # noqa: BLE001
             self.probe.fail(name, exc)
             return {}
+
+
+def _merge(call: tuple, rows: dict[str, list], pos: dict[int, int], epoch: int | None) -> bool:
+    """Put a held ``tlog.log`` call into its step's row (its values win over the probe's, as in the store);
+    False when it is not of the window (another step or epoch) or holds what a column cannot (text)."""
+    data, step, call_epoch, _batch, _src = call
+    i = pos.get(step)
+    if i is None or call_epoch != epoch:
+        return False
+    clean = {}
+    for key, value in data.items():
+        if key in ("step", "batch"):
+            return False
+        cls = value.__class__
+        if cls is not float and cls is not int and value is not None:
+            value = _scalar(value)
+            if value.__class__ is str:
+                return False
+        elif cls is float and value - value != 0:
+            value = finite(value)
+        clean[key] = value
+    n = len(rows["step"])
+    for key, value in clean.items():
+        if value is not None:
+            rows.setdefault(key, [None] * n)[i] = value
+    return True

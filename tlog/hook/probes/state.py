@@ -57,7 +57,7 @@ def _env_int(name: str) -> int:
 class Settings:
     """What ``tlog run`` asked of the probe, through the environment."""
 
-    log_every: int = 0  # report every N steps; 0: at most every report.AUTO_INTERVAL_S seconds
+    log_every: int = 0  # a row per N steps (their mean); 0: every step's row, sent every AUTO_INTERVAL_S
     grad_norm: int = 0  # total gradient norm every N steps; 0: off
 
     @classmethod
@@ -68,7 +68,7 @@ class Settings:
 class OptState:
     """One optimizer as the probe knows it: its name (opt1, opt2, ... by creation) and step count."""
 
-    __slots__ = ("dead", "index", "name", "pending", "ref", "steps")
+    __slots__ = ("dead", "index", "lr", "name", "pending", "ref", "steps")
 
     def __init__(self, ref: Callable[[], Any], index: int) -> None:
         self.ref = ref  # a weak reference: the probe keeps an optimizer (and its state) alive only while ...
@@ -76,6 +76,7 @@ class OptState:
         self.index = index
         self.name = f"opt{index}"
         self.steps = 0
+        self.lr: Any = None  # the first param group's lr at its last step (its changes go to the window)
         self.dead = False  # collected; forgotten once its steps are reported
 
 
@@ -147,7 +148,8 @@ class Probe:
                     pass
         if name in _DEPENDENT:
             self.window.__init__()
-            self.em.defer_devices = False  # no report will read held-back values any more
+            self.em.hold = False  # no report will send held calls any more
+            self.em.flush_deferred()
 
     # -- losses and steps (the hot path: see the module's docstring) ---------------------------------------------
     def unusual_backward(self, tensor: Any) -> Any:
@@ -183,7 +185,7 @@ class Probe:
                 primary = self.primary
                 if owner is not primary:
                     if primary is not None and not primary.dead:  # another optimizer (a GAN's second)
-                        window.close(owner, self.step)
+                        window.close(owner, self.step, self.em.batch)
                         if window.mark > MAX_WINDOW:
                             self.reporter.report()
                         return
@@ -197,7 +199,11 @@ class Probe:
             window.ends.append(end)
             window.owners.append(owner)
             window.stepnos.append(step)
+            window.batches.append(self.em.batch)
             window.primary_steps += 1
+            if opt is not None and (lr := opt.param_groups[0].get("lr")) is not owner.lr:
+                owner.lr = lr  # the lr this step used (a scheduler sets the next one after it)
+                window.lrs.append((step, lr))
             reporter = self.reporter
             if (step >= reporter.next_step) if reporter.every else (perf_counter() >= reporter.next_t):
                 if len(self.optimizers) > 1:  # the others' steps of this iteration belong to this row
