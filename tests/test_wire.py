@@ -133,3 +133,26 @@ def test_splitter_last_line_without_newline() -> None:
 def test_log_text_collapses_carriage_returns() -> None:
     assert log_text(b" 10%|#   \r 50%|#####  \r100%|##########\r") == "100%|##########"
     assert log_text(b"windows line\r") == "windows line"
+
+
+def test_window_steps_columns_are_validated_and_expanded() -> None:
+    good = (b'{"kind":"metrics","step":4,"data":{"loss":0.4},'
+            b'"steps":{"step":[2,3],"batch":[1,null],"loss":[0.2,"nan"],"lr":[null,0.1]}}')
+    event = protocol.decode(good)
+    rows = protocol.step_rows(event)
+    assert [(r["step"], r.get("batch"), r["data"]) for r in rows] == [
+        (2, 1, {"loss": 0.2}), (3, None, {"loss": "nan", "lr": 0.1}), (4, None, {"loss": 0.4})]
+    assert "steps" not in rows[-1]
+    bad = [b'"steps":{"step":[1,2],"loss":[0.1]}',  # unequal lengths
+           b'"steps":{"step":[1],"loss":["x"]}',  # text in a column
+           b'"steps":{"step":[1.5],"loss":[1]}',  # a step that is no integer
+           b'"steps":{"loss":[1]}',  # no step column
+           b'"steps":{"step":[1],"loss":[[1]]}',  # nested
+           b'"steps":{"step":[' + b",".join([b"1"] * (protocol.MAX_STEPS + 1)) + b']}',  # too long
+           b'"steps":[1,2]']
+    for tail in bad:
+        with pytest.raises(protocol.WireError):
+            protocol.decode(b'{"kind":"metrics","data":{},' + tail + b"}")
+    splitter = LineSplitter()
+    events, out, _ = splitter.feed(b'@tlog {"kind":"metrics","data":{},' + bad[0] + b"}\n")
+    assert events == [] and splitter.malformed == 1 and len(out) == 1  # kept as output, counted, no raise
