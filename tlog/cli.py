@@ -56,7 +56,7 @@ def run(
     name: Annotated[str | None, typer.Option("--name", "-n", help="Experiment name "
                                              "(default: <script stem>-<YYYYmmdd-HHMMSS>).")] = None,
     log_dir: LogDir = DEFAULT_LOG_DIR,
-    grace: Annotated[float, typer.Option(help="Seconds between forwarding Ctrl-C/SIGTERM and killing.")] = 10.0,
+    grace: Annotated[float, typer.Option(min=0, help="Seconds between forwarding Ctrl-C/SIGTERM and killing.")] = 10.0,
     no_instrument: Annotated[bool, typer.Option("--no-instrument",
                                                 help="Do not patch torch (or argparse) in the child.")] = False,
     log_every: Annotated[int, typer.Option(min=0, help="Captured metrics: one row every N optimizer steps "
@@ -67,20 +67,20 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not echo the script's output.")] = False,
     panel: Annotated[bool | None, typer.Option("--panel/--no-panel", help="Live panel (default: when stdout "
                                                 "is a terminal).", show_default=False)] = None,
-    status_every: Annotated[float, typer.Option(help="Off a terminal: seconds between status lines "
+    status_every: Annotated[float, typer.Option(min=0, help="Off a terminal: seconds between status lines "
                                                      "on stderr (0: none).")] = 30.0,
-    monitor_interval: Annotated[float, typer.Option(help="Seconds between resource readings.")] = 1.0,
+    monitor_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between resource readings.")] = 1.0,
     hang_timeout: Annotated[float | None, typer.Option(
         min=0.001, help="Seconds without progress (step, metrics or phase event) after which the run is "
         "declared hung: its stacks are dumped (SIGUSR1), it is stopped and the restart policy applies. "
         "Default: off.", show_default=False)] = None,
     restart_mode: Annotated[str, typer.Option("--restart", help="'never' or 'on-failure'.")] = "never",
-    max_restarts: Annotated[int, typer.Option(help="Restarts allowed with --restart on-failure.")] = 3,
+    max_restarts: Annotated[int, typer.Option(min=0, help="Restarts allowed with --restart on-failure.")] = 3,
     restart_on: Annotated[str | None, typer.Option(
         help="Categories worth a restart, comma-separated, or 'all' (default: the transient ones: "
         "memory,network,device,system).", show_default=False)] = None,
-    backoff: Annotated[float, typer.Option(help="Seconds before the first restart; doubles each time.")] = 1.0,
-    backoff_max: Annotated[float, typer.Option(help="Cap on the delay between restarts, in seconds.")] = 60.0,
+    backoff: Annotated[float, typer.Option(min=0, help="Seconds before the first restart; doubles each time.")] = 1.0,
+    backoff_max: Annotated[float, typer.Option(min=0, help="Cap on the delay between restarts, in seconds.")] = 60.0,
     resume_arg: Annotated[str | None, typer.Option(
         help="Arguments appended on restarts only, e.g. '--resume {checkpoint}' ({step} also works).",
         show_default=False)] = None,
@@ -420,6 +420,11 @@ def main() -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except OSError as exc:  # a log dir that cannot be read, created or written: which path, and why
+        if os.environ.get("TLOG_DEBUG"):
+            raise
+        _die(f"{exc.filename}: {exc.strerror or exc}" if exc.filename else
+             f"internal error: {exc!r} (set TLOG_DEBUG=1 for the traceback)", 1)
     except Exception as exc:  # the last line of defence against tracebacks
         if os.environ.get("TLOG_DEBUG"):
             raise

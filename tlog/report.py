@@ -180,15 +180,33 @@ def list_summaries(log_dir: Path, status: str | None = None, pattern: str | None
     for exp_dir in layout.list_experiments(log_dir):
         if pattern is not None and not fnmatch.fnmatchcase(exp_dir.name, pattern):
             continue
-        s = load_summary(exp_dir)
-        restarts = s.get("restarts") or 0
-        if status is not None and status != s.get("status") and not (status == "restarted" and restarts):
+        row = _ls_row(exp_dir)
+        if status is not None and status != row["status"] and not (status == "restarted" and row["restarts"]):
             continue
-        loss = s.get("metrics", {}).get("loss", {})
-        rows.append({"experiment": exp_dir.name, "status": s.get("status"), "restarts": restarts,
-                     "started": s.get("started"), "duration_s": s.get("duration_s"), "steps": s.get("steps"),
-                     "best_loss": loss.get("best"), "errors": s.get("errors", {}).get("count", 0)})
+        rows.append(row)
     return rows
+
+
+def _ls_row(exp_dir: Path) -> dict[str, Any]:
+    """One experiment's line; a corrupt one (unreadable, or values of the wrong type) shows what is sound, so
+    it never stops the listing of the others."""
+    try:
+        s = load_summary(exp_dir)
+    except Exception:  # noqa: BLE001 - any damage to one experiment's files
+        s = {}
+    s = s if isinstance(s, dict) else {}
+
+    def get(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    number = (int, float)
+    status = get(s, "status", str)
+    return {"experiment": exp_dir.name, "status": status if status in STATUSES else "unknown",
+            "restarts": get(s, "restarts", int) or 0, "started": get(s, "started", number),
+            "duration_s": get(s, "duration_s", number), "steps": get(s, "steps", int),
+            "best_loss": get(get(get(s, "metrics", dict), "loss", dict), "best", number),
+            "errors": get(get(s, "errors", dict), "count", int) or 0}
 
 
 def compare(exp_dirs: list[Path]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ class CsvTable:
         self.path = path
         self.columns: list[str] = list(columns)
         self._template: dict[str, Any] = dict.fromkeys(self.columns)
-        self._file = safefile.open_append(path, "a", newline="", encoding="utf-8")  # owned by this object
+        self._file = safefile.open_record(path, text=True)  # owned by this object
         self._writer = csv.writer(self._file)
         self.dropped: set[str] = set()
         if self._file.tell() == 0 and self.columns:
@@ -47,7 +47,12 @@ class CsvTable:
             self.columns.extend(new)
             self._template = dict.fromkeys(self.columns)
             if had_rows:
-                self._rewrite(len(new))
+                try:
+                    self._rewrite(len(new))
+                except OSError:  # the disk is full: the header stays as it is, and so does this row
+                    del self.columns[-len(new):]
+                    self._template = dict.fromkeys(self.columns)
+                    raise
             else:
                 self._writer.writerow(self.columns)
         merged = self._template.copy()
@@ -56,7 +61,7 @@ class CsvTable:
 
     def _rewrite(self, added: int) -> None:
         """Copy the file with the wider header and padded rows, then swap it in."""
-        self._file.close()
+        self._file.sync()
         with open(self.path, newline="", encoding="utf-8") as src, \
                 safefile.replacing(self.path, "w", newline="", encoding="utf-8") as dst:
             reader, writer = csv.reader(src), csv.writer(dst)
@@ -65,7 +70,8 @@ class CsvTable:
             pad = [""] * added
             for old in reader:
                 writer.writerow(old + pad)
-        self._file = safefile.open_append(self.path, "a", newline="", encoding="utf-8")
+        self._file.close()
+        self._file = safefile.open_record(self.path, text=True)
         self._writer = csv.writer(self._file)
 
     def flush(self) -> None:

@@ -21,11 +21,15 @@ from tlog import protocol
 from tlog.store import layout, redact, safefile, snapshot
 from tlog.store.csvfile import CsvTable
 from tlog.store.metrics_rows import MetricsRows
-from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder, merge_error_update
 
 PROGRESS_EVERY_S = 1.0
 SUMMARY_EVERY_S = 5.0
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """A document of the record: replaced atomically, kept for later when the disk fails (safefile)."""
+    safefile.write_record(path, protocol.dumps(obj))
 
 
 def log_line(t: float, tag: str, text: str) -> str:
@@ -45,8 +49,8 @@ class ExperimentWriter:
         self.experiment = experiment or self.dir.name
         self.node = node
         self._lock = threading.Lock()
-        self._events = safefile.open_append(self._path(layout.EVENTS))
-        self._log = safefile.open_append(self._path(layout.LOG), "a", encoding="utf-8")
+        self._events = safefile.open_record(self._path(layout.EVENTS))
+        self._log = safefile.open_record(self._path(layout.LOG), text=True)
         columns = (*MetricsRows.COLUMNS, "rank") if ranked else MetricsRows.COLUMNS
         self.rows = MetricsRows(CsvTable(self._path(layout.METRICS_CSV), columns))
         self._system: CsvTable | None = None
@@ -77,7 +81,10 @@ class ExperimentWriter:
             add, fold = self.summary.add, self._fold
             for event in events:
                 add(event)
-                fold(event)
+                try:
+                    fold(event)
+                except OSError as exc:  # a derived file's new header or first row: the disk decides (safefile)
+                    safefile.FAULTS.absorb(exc.filename or self.dir, exc)
 
     def _fold(self, event: dict) -> None:
         kind = event["kind"]
@@ -148,7 +155,7 @@ class ExperimentWriter:
         """tlog's own message, for training.log (appended to the file after ``close``: what a notifier did)."""
         with self._lock:
             if self.closed:
-                with safefile.open_append(self._path(layout.LOG), "a", encoding="utf-8") as f:
+                with safefile.open_record(self._path(layout.LOG), text=True) as f:
                     f.write(log_line(time.time(), "[tlog]", text))
                 return
         self.write_output("[tlog]", [text])
@@ -164,6 +171,7 @@ class ExperimentWriter:
             self.rows.flush()
             if self._system is not None:
                 self._system.flush()
+            self._record_gaps()
             now = time.monotonic()
             if now >= self._next_progress:
                 self._next_progress = now + PROGRESS_EVERY_S
@@ -171,7 +179,7 @@ class ExperimentWriter:
             if now >= self._next_summary:
                 self._next_summary = now + SUMMARY_EVERY_S
                 write_json(self._path(layout.SUMMARY), self.summary.result())
-                if self.node is None:
+                if self.node is None and safefile.FAULTS.failing is None:
                     snapshot.refresh(self.dir, self._events.tell(), self.summary)
 
     def _write_progress(self) -> None:
@@ -204,13 +212,27 @@ class ExperimentWriter:
                 write_json(self._path(layout.ERRORS), self.errors)
             if not self._path(layout.CONFIG).exists():
                 write_json(self._path(layout.CONFIG), self.config)
+            self._record_gaps()
             events_bytes = self._events.tell()
             self._events.close()
             self._log.close()
             self.closed = True
-            if self.node is None:
+            if safefile.FAULTS.failing is not None:
+                safefile.FAULTS.report(f"{safefile.FAULTS.failing} could not be written to the end: "
+                                       f"{safefile.FAULTS.lost} bytes of the record are lost")
+            elif self.node is None:
                 snapshot.refresh(self.dir, events_bytes, self.summary)
             return result
+
+    def _record_gaps(self) -> None:
+        """Each finished outage of the disk becomes a warning event: the record says where it has a hole."""
+        for gap in safefile.FAULTS.take_gaps():
+            event = {"kind": "warning", "t": gap["to"], "attempt": self.progress.get("attempt"),
+                     "data": {"category": "system", "metric": "store", "value": gap["lost_bytes"],
+                              "message": f"{gap['path']} could not be written for {gap['to'] - gap['from']:.1f} s "
+                                         f"({gap['lost_bytes']} bytes lost)", **gap}}
+            self._events.write(protocol.dumps(event) + b"\n")
+            self.summary.add(event)
 
 
 def _iso(t: float) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import tlog
 from tlog.diagnosis import failure
 from tlog.hook.crash import ENV_STACK_SIGNAL
-from tlog.store import layout
+from tlog.store import layout, safefile
 from tlog.store.writer import ExperimentWriter
 from tlog.supervisor import hang, launch, notify, options, proctree, ranks, restart, scheduler, torchrun
 from tlog.supervisor.display import Display, QuietDisplay, make_display
@@ -87,6 +87,7 @@ class Session:
         name = opts.name or opts.default_name()
         if opts.dist is not None:
             self.argv = opts.dist.argv(opts.target[0], list(opts.target[1:]), name)
+        safefile.FAULTS.report = lambda text: self.display.message(text)  # noqa: PLW0108 - display set below
         if self.node is None:
             exp_dir, suffixed = layout.create_experiment_dir(Path(opts.log_dir), name)
         else:  # one node of several: they share the experiment, each with its own files
