@@ -4,6 +4,7 @@ bad option or a corrupt experiment is one clear line or one line of ``ls``, neve
 
 from __future__ import annotations
 
+import json
 import resource
 import subprocess
 
@@ -70,3 +71,37 @@ def test_one_corrupt_experiment_does_not_stop_ls(runner: Runner) -> None:
     assert res.returncode == 0, res.stderr
     lines = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[1:]}
     assert lines == {"good": "finished", "bad1": "unknown", "bad2": "unknown"}
+
+
+def test_writing_resumes_when_space_returns_and_the_gap_is_recorded(runner: Runner) -> None:
+    disk = runner.cwd / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # all of it but 64 KiB
+            f.write(b"x" * (192 << 10))
+        go = runner.cwd / "go"
+        proc = runner.popen("run", "--name", "gap", "--log-dir", str(disk), "--log-every", "1",
+                            script("waits_for_space.py"), str(go))
+        seen = ""
+        while "cannot write" not in seen:
+            line = proc.stderr.readline()
+            assert line, proc.communicate(timeout=30)
+            seen += line
+        filler.unlink()
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        err = seen + err
+        assert proc.returncode == 0, err
+        assert err.count("cannot write") == 1 and "No space left on device" in err, err
+        assert "again after" in err, err
+        steps = int(out.rsplit("STEPS ", 1)[1])
+        events = [json.loads(line) for line in (disk / "gap" / "events.jsonl").read_text().splitlines()]
+        gaps = [e["data"] for e in events if e["kind"] == "warning" and e["data"].get("metric") == "store"]
+        assert len(gaps) == 1 and gaps[0]["to"] >= gaps[0]["from"]
+        assert max(e["step"] for e in events if e["kind"] == "metrics") == steps, "recording resumed"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
