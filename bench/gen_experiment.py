@@ -2,11 +2,11 @@
 
     python bench/gen_experiment.py LOG_DIR [--steps 1000000] [--variant finished|crashed|cold]
 
-Per step, two metrics events as the probe and the script emit them (``loss``/``learning_rate`` with
-``total_batches`` from the probe, then ``accuracy``/``gradient_norm``/``samples_per_s``/``perplexity`` from
-``tlog.log``), validation metrics at each epoch end, a resource sample every 1,000 steps (1 kHz training), a
-checkpoint every 50,000 steps.  The lines are formatted with ``%`` templates over numpy columns, not one
-``dumps`` per event.
+Per report window of 500 steps (the default: one report per 0.5 s at 1 kHz), one metrics event as the probe
+emits it: ``steps`` columns (loss, the learning rate where it changed, and the script's ``tlog.log`` values
+accuracy/gradient_norm/perplexity, merged into their rows) for the window's earlier steps, the last step's
+values in ``data`` with samples_per_s and total_batches; validation metrics at each epoch end, a resource
+sample every 1,000 steps, a checkpoint every 50,000 steps.
 
 Variants: ``finished`` ends with the attempt's exit and what the writer leaves at close (final summary,
 summary state, columns); ``crashed`` is a run whose supervisor was SIGKILLed: the last line is half
@@ -18,6 +18,7 @@ written, there is no exit, and the writer's last snapshot (live summary, summary
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlog import protocol
 from tlog.store import columns, layout, snapshot
 from tlog.store.reader import iter_events
 from tlog.store.safefile import write_json
@@ -37,10 +39,7 @@ T0 = 1_790_000_000.0
 DEAD_PID = 2**22 + 12345  # above the default pid_max: never a live process
 ARGV = ["/usr/bin/python3", "-u", "train.py", "--lr", "0.001", "--epochs", "200"]
 
-AUTO = ('{"kind":"metrics","t":%r,"step":%d,"epoch":%d,"batch":%d,"src":"auto","data":{"loss":%r,'
-        '"learning_rate":%r,"total_batches":' + str(BATCHES) + '},"attempt":1}\n')
-EXPLICIT = ('{"kind":"metrics","t":%r,"step":%d,"epoch":%d,"batch":%d,"data":{"accuracy":%r,"gradient_norm":%r,'
-            '"samples_per_s":%r,"perplexity":%r},"attempt":1}\n')
+WINDOW = 500
 VALID = ('{"kind":"metrics","t":%r,"step":%d,"epoch":%d,"batch":%d,"data":{"validation_loss":%r,'
          '"validation_accuracy":%r},"attempt":1}\n')
 SYSTEM = ('{"kind":"system","t":%r,"attempt":1,"data":{"t":%r,"elapsed_s":%r,"rss_mb":%r,"rss_min_mb":%r,'
@@ -77,16 +76,26 @@ def step_lines(first: int, last: int, rng: np.random.Generator) -> str:
     epoch, batch = (s - 1) // BATCHES, (s - 1) % BATCHES
     cols = [c.tolist() for c in (t, s, epoch, batch, loss, lr, acc, grad, sps, np.exp(loss))]
     out = []
-    for ti, si, ei, bi, lo, lri, ai, gi, spi, pi in zip(*cols, strict=True):
-        out.append(AUTO % (ti, si, ei, bi, lo, lri))
-        out.append(EXPLICIT % (ti + 0.0001, si, ei, bi, ai, gi, spi, pi))
-        if bi == BATCHES - 1:
-            out.append(VALID % (ti + 0.0002, si, ei, bi, lo * 1.1, ai * 0.98))
-        if si % 1000 == 0:
-            rss = 4000.0 + si / 1000.0
-            out.append(SYSTEM % (ti + 0.0003, ti, ti - T0, rss, rss - 5, rss - 2, rss + 5, rss + 5, 65536.0 - rss))
-        if si % 50_000 == 0:
-            out.append(CHECKPOINT % (ti + 0.0004, si, ei, bi, si))
+    dumps = protocol.dumps
+    for a in range(0, len(s), WINDOW):
+        ti, si, ei, bi, lo, lri, ai, gi, spi, pi = (c[a:a + WINDOW] for c in cols)
+        changed = [lri[0], *[v if v != p else None for p, v in itertools.pairwise(lri)]]
+        window = {"kind": "metrics", "t": ti[-1], "step": si[-1], "epoch": ei[-1], "batch": bi[-1], "src": "auto",
+                  "data": {"loss": lo[-1], "learning_rate": lri[-1], "accuracy": ai[-1], "gradient_norm": gi[-1],
+                           "perplexity": pi[-1], "samples_per_s": spi[-1], "total_batches": BATCHES},
+                  "steps": {"step": si[:-1], "batch": bi[:-1], "loss": lo[:-1], "learning_rate": changed[:-1],
+                            "accuracy": ai[:-1], "gradient_norm": gi[:-1], "perplexity": pi[:-1]},
+                  "attempt": 1}
+        out.append(dumps(window).decode() + "\n")
+        if bi[-1] == BATCHES - 1:
+            out.append(VALID % (ti[-1] + 0.0002, si[-1], ei[-1], bi[-1], lo[-1] * 1.1, ai[-1] * 0.98))
+        for k in range(len(si)):
+            if si[k] % 1000 == 0:
+                rss = 4000.0 + si[k] / 1000.0
+                out.append(SYSTEM % (ti[k] + 0.0003, ti[k], ti[k] - T0, rss, rss - 5, rss - 2, rss + 5, rss + 5,
+                                     65536.0 - rss))
+            if si[k] % 50_000 == 0:
+                out.append(CHECKPOINT % (ti[k] + 0.0004, si[k], ei[k], bi[k], si[k]))
     return "".join(out)
 
 

@@ -53,6 +53,11 @@ class MetricStats:
 
     def add_many(self, values: list[Any], steps: list[int]) -> None:
         """A window's column (numbers, non-finite markers, None where a step has no value), at ``steps``."""
+        if None in values:  # a sparse column (a learning rate where it changed): its values only
+            kept = [(v, s) for v, s in zip(values, steps, strict=True) if v is not None]
+            if not kept:
+                return
+            values, steps = [v for v, _ in kept], [s for _, s in kept]
         try:
             total = sum(values)
             fast = total - total == 0
