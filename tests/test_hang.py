@@ -10,9 +10,9 @@ import threading
 import time
 
 import psutil
-from conftest import ROOT, Runner, script
+from conftest import ROOT, Runner, clean_env, script
 
-from tlog.supervisor.hang import SLOW_FACTOR, HangDetector, StackCapture
+from tlog.supervisor.hang import FACTOR, SLOW_FACTOR, STARTUP_S, HangDetector, HangRule, StackCapture
 
 
 class Clock:
@@ -200,3 +200,70 @@ def test_on_a_hang_only_the_runs_own_processes_are_signalled(runner: Runner) -> 
     finally:
         foreign.kill()
         foreign.wait()
+
+
+# -- on by default, calibrated by the run (no --hang-timeout); the floor lowered to 3 s (a loaded machine can
+# stall a process for a second or two, at exit too), the rule otherwise as shipped: 10 x the slowest step ---
+
+FLOOR = {"TLOG_HANG_FLOOR_S": "3"}
+
+
+def _default_run(runner: Runner, name: str, *args: str) -> subprocess.CompletedProcess:
+    return runner.run("run", "--name", name, "--grace", "1", script("paced.py"), *args, env=clean_env(**FLOOR))
+
+
+def test_default_detection_catches_a_hang_after_fast_steps(runner: Runner) -> None:
+    res = _default_run(runner, "auto", "--sleep", "0.3", "--hang-at", "10")
+    assert res.returncode == 143 and "READY" in res.stdout, res.stderr
+    assert "x the slowest step, at least 3 s; --hang-timeout S fixes it): dumping the run's stacks" in res.stderr
+    last = max(float(line.split()[2]) for line in res.stdout.splitlines() if line.startswith("STEP "))
+    (err,) = _errors(runner, "auto")
+    assert (err["step"], err["cause"][:4]) == (10, "hung") and _summary(runner, "auto")["status"] == "hung"
+    fired = next(e["t"] for e in runner.events("auto") if e["kind"] == "error")
+    assert 3.0 <= fired - last < 15.0, "caught after ~10 steps' time (10 x ~0.3 s, floor 3 s), not 30 min"
+
+
+def test_default_detection_lets_a_run_slow_down_five_fold(runner: Runner) -> None:
+    res = _default_run(runner, "slowing", "--steps", "14", "--sleep", "0.1", "--to", "0.5")
+    assert res.returncode == 0 and "DONE" in res.stdout, res.stderr
+    assert "no progress" not in res.stderr and _errors(runner, "slowing") == []
+
+
+def test_default_detection_lets_an_announced_validation_run_long(runner: Runner) -> None:
+    res = _default_run(runner, "val", "--steps", "6", "--sleep", "0.05", "--val-at", "3", "--val-s", "4")
+    assert res.returncode == 0 and "DONE" in res.stdout, res.stderr
+    assert "no progress" not in res.stderr and _errors(runner, "val") == []
+    assert "validation" in [e["data"]["phase"] for e in runner.events("val") if e["kind"] == "phase"]
+
+
+def test_hang_timeout_zero_turns_detection_off() -> None:
+    assert HangRule.of(0) is None and HangRule.of(2.5) == HangRule(2.5) and HangRule.of(None) == HangRule()
+
+
+def test_calibrated_allowance_follows_the_slowest_step_and_each_phase() -> None:
+    clock = Clock()
+    det = HangDetector(HangRule(floor_s=1.0), lambda idle: None, clock=clock)
+    assert det.allowance() == STARTUP_S, "start-up: data, compile"
+    det.observe([metrics(1)])
+    assert det.allowance() == STARTUP_S, "one step: its time is not known yet"
+    for step, took in ((2, 0.2), (3, 0.5), (4, 0.3)):
+        clock.now += took
+        det.observe([metrics(step)])
+    assert det.allowance() == FACTOR * 0.5, "the slowest step so far"
+    clock.now += 1.0
+    det.observe([metrics(8)])  # four steps in 1 s: 0.25 s each
+    assert det.allowance() == FACTOR * 0.5
+    det.observe([phase("validation", 8)])
+    assert det.allowance() == STARTUP_S, "a first validation: no length known"
+    clock.now += 7.0
+    det.observe([metrics(9)])
+    assert (det.phase, det.allowance()) == (None, FACTOR * 0.5), "the validation's 7 s are not a step's"
+    det.observe([phase("validation", 9)])
+    assert det.allowance() == FACTOR * 7.0, "learned from its own length"
+    tiny = HangDetector(HangRule(floor_s=60.0), lambda idle: None, clock=clock)
+    tiny.observe([metrics(1)])
+    clock.now += 0.01
+    tiny.observe([metrics(2)])
+    assert tiny.allowance() == 60.0, "never under the floor"
+    tiny.exiting = True  # the page says the child's atexit ran
+    assert tiny.allowance() == STARTUP_S, "the interpreter's teardown is not a hang"

@@ -322,3 +322,10 @@ def test_costs(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\napply: {apply_us:.2f} µs per metrics event; render+print at 160 cols: {render_ms:.2f} ms")
     assert apply_us < 100 and render_ms < 200
+
+
+def test_the_header_shows_the_current_hang_limit() -> None:
+    state = make_state()
+    assert "hang limit" not in text_of(render(state, 120, now=T0 + 30), 120)
+    state.set_hang_limit(312.0)
+    assert "hang limit 0:05:12" in text_of(render(state, 120, now=T0 + 30), 120)

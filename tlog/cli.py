@@ -71,9 +71,10 @@ def run(
                                                      "on stderr (0: none).")] = 30.0,
     monitor_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between resource readings.")] = 1.0,
     hang_timeout: Annotated[float | None, typer.Option(
-        min=0.001, help="Seconds without progress (step, metrics or phase event) after which the run is "
-        "declared hung: its stacks are dumped (SIGUSR1), it is stopped and the restart policy applies. "
-        "Default: off.", show_default=False)] = None,
+        min=0, help="Seconds without progress (a step, an event) after which the run is declared hung: its "
+        "stacks are dumped (faulthandler), it is stopped and the restart policy applies.  Default: calibrated by "
+        "the run (30 min before the first step, then 10 x the slowest step, at least 5 min; see README).  "
+        "0: off.", show_default=False)] = None,
     restart_mode: Annotated[str, typer.Option("--restart", help="'never' or 'on-failure'.")] = "never",
     max_restarts: Annotated[int, typer.Option(min=0, help="Restarts allowed with --restart on-failure.")] = 3,
     restart_on: Annotated[str | None, typer.Option(

@@ -78,11 +78,23 @@ def register_stack_dump(name: str | None) -> bool:
     The supervisor asks for it (through the environment) only when it watches for hangs: on a hang it sends
     that signal and reads the dump from stderr to tell where the main thread is stuck.
     """
-    signum = getattr(signal, name, None) if name and name.startswith("SIG") else None
+    signum = signal_number(name)
     if not isinstance(signum, int) or not hasattr(faulthandler, "register"):
         return False
     faulthandler.register(signum, all_threads=True, chain=False)
     return True
+
+
+def signal_number(name: str | None) -> int | None:
+    """``SIGUSR1`` or ``SIGRTMIN+N`` (the supervisor's default: a signal no scheduler or script sends) as a
+    number; None for anything else."""
+    if not name or not name.startswith("SIG"):
+        return None
+    base, plus, offset = name.partition("+")
+    number = getattr(signal, base, None)
+    if not isinstance(number, int) or (plus and not offset.isdigit()):
+        return None
+    return number + int(offset) if plus else number
 
 
 def report(exc: BaseException) -> None:

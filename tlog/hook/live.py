@@ -7,13 +7,14 @@ a hang leaves no last word; the page does.  The supervisor makes one small share
 its own slot and the probe stores into it as a plain memory write: the step at each optimizer step, the
 batch at each backward, the epoch when a training pass starts.  No syscall, no message, no device sync:
 the store is a ``memoryview`` item assignment.  The supervisor reads the slot when the child dies (and the
-hang detector and the panel read it while it runs).
+hang detector reads it while it runs).
 
 Layout (the one contract of the page, used by both sides): ``SLOTS`` slots of ``WORDS`` native int64 words.
 Slot 0 is the run's own process; a torchrun worker takes slot ``1 + LOCAL_RANK``.  Words: the owner's pid
 (0: slot unused), the step (completed optimizer steps), the epoch, the batch (0-based, of the training
-pass), the rank; ``UNSET`` for what is not known.  An aligned 8-byte store is atomic on the machines torch
-runs on, so a reader sees each word old or new, never torn.
+pass), the rank, and 1 once the process is exiting (its atexit handlers ran: the interpreter's teardown,
+silent and sometimes slow, is not a hang); ``UNSET`` for what is not known.  An aligned 8-byte store is
+atomic on the machines torch runs on, so a reader sees each word old or new, never torn.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ WORDS = 8
 SLOTS = 64
 SLOT_BYTES = WORDS * 8
 SIZE = SLOTS * SLOT_BYTES
-PID, STEP, EPOCH, BATCH, RANK = range(5)
+PID, STEP, EPOCH, BATCH, RANK, EXITING = range(6)
 UNSET = -1
 FIELDS = (("step", STEP), ("epoch", EPOCH), ("batch", BATCH))
 

@@ -78,6 +78,9 @@ def current() -> Probe | None:
 
 def _finish(probe: Probe) -> None:
     """At exit: an open validation pass and the unreported steps are sent; nothing read is lost."""
+    from tlog.hook.live import EXITING
+
+    probe.live[EXITING] = 1  # the supervisor's hang detector gives the teardown its start-up allowance
     try:
         if probe.loaders is not None:
             probe.loaders.end_side()

@@ -1,19 +1,29 @@
-"""Hang detection: no progress from a live child for ``--hang-timeout`` seconds.
+"""Hang detection, on by default: no progress from a live child for longer than the run itself makes
+plausible.
 
-Progress is any event from the child (a step's metrics, a phase, a checkpoint, a log call): the session
-hands each chunk of events to ``observe()``, which reads the clock once and compares a step or two, so
-the detector adds next to nothing per step.  One daemon thread sleeps until the deadline
-and fires ``on_hang`` once.
+Progress is any event from the child (metrics, a phase, a checkpoint, a log call) and any move of the step
+on the live page (``tlog.hook.live``: the probe stores each step there, so a run reporting every half second
+or every 1,000 steps still shows each step), polled every ``POLL_S``; before the first step the script's
+output counts too (downloads and compiles print).  ``HangRule`` says how long silence may last:
 
-Some stretches are legitimately quiet, so they get ``SLOW_FACTOR`` times the timeout: start-up until the
-first step or phase (imports, dataset setup), and a phase the script reported itself as validation or
-checkpointing (``with tlog.phase("validation"):``) until metrics of a later step show training is back
-(validation metrics logged at the same step do not end it).  A long evaluation that says so is not a hang;
-one that does not can report progress with ``tlog.log``.
+- ``--hang-timeout S``: S seconds; start-up until the first step or phase, and a phase the script reported
+  as validation or checkpointing (until a later step), get ``SLOW_FACTOR`` times S.
+- by default (calibrated by the run): ``STARTUP_S`` until the first step (imports, data, compile); then
+  ``FACTOR`` times the slowest step seen so far (from the second step on), never under ``FLOOR_S``;
+  inside an announced slow phase (validation, checkpoint saving, ...), ``FACTOR`` times the longest such
+  phase seen before, never under the floor, and ``STARTUP_S`` for its first occurrence.  A step's time
+  is the time between two moves of the step divided by the steps moved; the time across a slow phase is
+  that phase's, not a step's.  A run whose steps slow down gradually raises its own limit as it goes; one
+  that stops dead is caught after ``FACTOR`` of its slowest steps (or the floor).  ``TLOG_HANG_FLOOR_S``
+  sets the floor (tests use a small one).
+- ``--hang-timeout 0``: off.
 
-When it fires, the session has the child dump every thread's stack (faulthandler registered on SIGUSR1 by
-the hook) and reads it from stderr with ``StackCapture``: a dump has no end marker, so its end is a short
-quiet period on stderr.
+Once a process of the run has begun to exit (its atexit handlers ran: the page says so), the interpreter's
+teardown, which is silent and can be slow, gets the start-up allowance.
+
+When it fires, the session has the child dump every thread's stack (faulthandler registered by the hook on
+the session's STACK_SIGNAL: a real-time signal, SIGUSR1 where there is none) and reads it from stderr with
+``StackCapture``: a dump has no end marker, so its end is a short quiet period on stderr.
 """
 
 from __future__ import annotations
@@ -23,32 +33,83 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tlog.diagnosis.classify import normalise_phase
 from tlog.supervisor.launch import GroupSignaller
+from tlog.supervisor.live import LivePage
 
 SLOW_FACTOR = 4.0
 DUMP_QUIET_S = 0.3
 DUMP_MAX_S = 3.0
 SLOW_PHASES = frozenset({"validation", "checkpoint_saving", "initialization", "model_setup"})
+STARTUP_S = 1800.0
+FACTOR = 10.0
+FLOOR_S = 300.0
+POLL_S = 0.25
+ENV_FLOOR = "TLOG_HANG_FLOOR_S"
+
+
+@dataclass(frozen=True)
+class HangRule:
+    """How long silence may last: a fixed ``timeout_s`` (``--hang-timeout S``), or calibrated (None)."""
+
+    timeout_s: float | None = None
+    startup_s: float = STARTUP_S
+    factor: float = FACTOR
+    floor_s: float = FLOOR_S
+
+    @classmethod
+    def of(cls, hang_timeout: float | None) -> HangRule | None:
+        """From ``--hang-timeout``: None (the default) calibrates, 0 turns detection off (None returned)."""
+        if hang_timeout is not None:
+            return cls(hang_timeout) if hang_timeout > 0 else None
+        floor = os.environ.get(ENV_FLOOR, "")
+        try:
+            return cls(floor_s=float(floor)) if floor and float(floor) > 0 else cls()
+        except ValueError:
+            return cls()
+
+    def describe(self) -> str:
+        if self.timeout_s is not None:
+            return f"--hang-timeout {self.timeout_s:g}"
+        return f"{self.factor:g} x the slowest step, at least {self.floor_s:g} s; --hang-timeout S fixes it"
 
 
 class HangDetector:
-    """Calls ``on_hang(idle_s)`` once when no progress came for the allowance; ``stop()`` disarms it."""
+    """Calls ``on_hang(idle_s)`` once when no progress came for the allowance; ``stop()`` disarms it.
 
-    def __init__(self, timeout_s: float, on_hang: Callable[[float], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.timeout_s = timeout_s
+    ``live`` is the attempt's live page (its ``step()``, None while nothing is stored, and ``exiting()``);
+    ``on_limit`` hears each new allowance (the panel shows it)."""
+
+    def __init__(self, rule: HangRule | float, on_hang: Callable[[float], None],
+                 clock: Callable[[], float] = time.monotonic, live: LivePage | None = None,
+                 on_limit: Callable[[float], None] | None = None) -> None:
+        self.rule = rule if isinstance(rule, HangRule) else HangRule(rule)
         self.on_hang = on_hang
         self.clock = clock
+        self.live = live
+        self.exiting = False  # the child began to exit: teardown is silent, and no step comes any more
+        self.on_limit = on_limit
         self.last = clock()
         self.phase: str | None = None
         self.phase_step: int | None = None
+        self.phase_t: float | None = None
+        self.phase_longest: dict[str, float] = {}
         self.started = False
+        self.step: int | None = None  # the furthest step seen, and when it was seen
+        self.step_t: float | None = None
+        self.slowest: float | None = None  # seconds of the slowest step seen
         self.fired = False
+        self._shown: float | None = None
+        self._lock = threading.Lock()
         self._stopped = False
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tlog-hang", daemon=True)
+
+    @property
+    def timeout_s(self) -> float | None:
+        return self.rule.timeout_s
 
     def start(self) -> None:
         self.last = self.clock()
@@ -57,44 +118,103 @@ class HangDetector:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(2.0)  # it reads the live page, which the session closes next
 
     def observe(self, events: list[dict]) -> None:
         """A chunk of the child's events: it moved.  The newest phase or step decides the allowance."""
-        self.last = self.clock()
-        before = self.allowance()
-        self._update(events)
-        if self.allowance() < before:
+        with self._lock:
+            now = self.clock()
+            self.last = now
+            before = self.allowance()
+            self._update(events, now)
+            shrunk = self.allowance() < before
+        if shrunk:
             self._wake.set()  # the sleeping thread must not wait out the longer allowance
 
-    def _update(self, events: list[dict]) -> None:
+    def output(self) -> None:
+        """The script printed: before its first step that is progress (downloads, compiles)."""
+        if not self.started:
+            self.last = self.clock()
+
+    def _update(self, events: list[dict], now: float) -> None:
         for event in events:
             kind = event["kind"]
             if kind == "metrics":
-                self.started = True
                 step = event.get("step")
-                if self.phase is not None and step is not None and (self.phase_step is None or step > self.phase_step):
-                    self.phase = None  # a later step: training is back, whatever phase was reported before
+                if isinstance(step, int):
+                    self._stepped(step, now)
+                else:
+                    self.started = True
             elif kind == "phase":
                 self.started = True
                 self.phase = normalise_phase(event["data"].get("phase"))
                 self.phase_step = event.get("step")
+                self.phase_t = now if self.phase in SLOW_PHASES else None
+
+    def _stepped(self, step: int, now: float) -> None:
+        """The step moved to ``step`` (an event's or the live page's): time the steps, end a slow phase."""
+        self.started = True
+        if self.step is not None and step <= self.step:
+            return
+        if self.phase is not None and (self.phase_step is None or step > self.phase_step):
+            if self.phase_t is not None:  # a slow phase is over: its length is learned, not a step's
+                took = now - self.phase_t
+                self.phase_longest[self.phase] = max(took, self.phase_longest.get(self.phase, 0.0))
+                self.step_t = now
+            self.phase = self.phase_t = None
+        elif self.step is not None and self.step_t is not None:
+            per = (now - self.step_t) / (step - self.step)
+            self.slowest = per if self.slowest is None or per > self.slowest else self.slowest
+        self.step, self.step_t, self.last = step, now, now
 
     def allowance(self) -> float:
-        """Seconds of silence tolerated now: longer at start-up and in a self-reported slow phase."""
-        slow = not self.started or self.phase in SLOW_PHASES
-        return self.timeout_s * SLOW_FACTOR if slow else self.timeout_s
+        """Seconds of silence tolerated now (see the module's docstring)."""
+        rule = self.rule
+        slow = self.phase in SLOW_PHASES or self.exiting
+        if rule.timeout_s is not None:
+            return rule.timeout_s * SLOW_FACTOR if slow or not self.started else rule.timeout_s
+        if not self.started:
+            return rule.startup_s
+        if slow:
+            longest = None if self.exiting else self.phase_longest.get(self.phase)
+            return rule.startup_s if longest is None else max(rule.floor_s, rule.factor * longest)
+        if self.slowest is None:  # no step timed yet (the first one may be compiling)
+            return rule.startup_s
+        return max(rule.floor_s, rule.factor * self.slowest)
 
     def idle(self) -> float:
         return self.clock() - self.last
 
+    def _poll(self) -> None:
+        if self.live is None:
+            return
+        try:
+            step = self.live.step()
+            self.exiting = self.exiting or self.live.exiting()
+        except (ValueError, BufferError):  # the page was closed: the attempt is over
+            return
+        if step is not None and (self.step is None or step > self.step):
+            with self._lock:
+                self._stepped(step, self.clock())
+
+    def _show(self, limit: float) -> None:
+        if self.on_limit is not None and limit != self._shown:
+            self._shown = limit
+            self.on_limit(limit)
+
     def _run(self) -> None:
         while not self._stopped:
-            remaining = self.allowance() - self.idle()
+            self._poll()
+            with self._lock:
+                allowance = self.allowance()
+                remaining = allowance - self.idle()
+            self._show(allowance)
             if remaining <= 0:
                 self.fired = True
                 self.on_hang(self.idle())
                 return
-            self._wake.wait(remaining)
+            self._wake.wait(min(remaining, POLL_S) if self.live is not None else remaining)
             self._wake.clear()
 
 
@@ -150,9 +270,10 @@ class HangWatch:
     (torchrun's agent reports no pid).
     """
 
-    def __init__(self, timeout_s: float, signaller: GroupSignaller, say: Callable[[str], None],
-                 dump_signal: int = signal.SIGUSR1) -> None:
-        self.timeout_s = timeout_s
+    def __init__(self, rule: HangRule, signaller: GroupSignaller, say: Callable[[str], None],
+                 dump_signal: int = signal.SIGUSR1, live: LivePage | None = None,
+                 on_limit: Callable[[float], None] | None = None) -> None:
+        self.rule = rule
         self.signaller = signaller
         self.say = say
         self.dump_signal = dump_signal
@@ -161,7 +282,7 @@ class HangWatch:
         self.stacks: dict[int, str] = {}
         self._why_none = ""
         self.capture = StackCapture()
-        self.detector = HangDetector(timeout_s, self._on_hang)
+        self.detector = HangDetector(rule, self._on_hang, live=live, on_limit=on_limit)
 
     @property
     def fired(self) -> bool:
@@ -179,12 +300,16 @@ class HangWatch:
                 self.pids.setdefault(event["data"]["pid"], event.get("rank"))
         self.detector.observe(events)
 
-    def feed(self, lines: list[str]) -> None:
-        self.capture.feed(lines)
+    def feed(self, stream: str, lines: list[str]) -> None:
+        """The script's output: on stderr the stack dump once asked for; before the first step, a sign of life."""
+        if stream == "stderr":
+            self.capture.feed(lines)
+        self.detector.output()
 
     def _on_hang(self, idle_s: float) -> None:
-        self.say(f"no progress for {idle_s:.1f} s (--hang-timeout {self.timeout_s:g}): "
-                 f"dumping the run's stacks, then stopping it")
+        rule = self.rule.describe() if self.rule.timeout_s is not None else \
+            f"limit {self.detector.allowance():.3g} s: {self.rule.describe()}"
+        self.say(f"no progress for {idle_s:.1f} s ({rule}): dumping the run's stacks, then stopping it")
         self.stack = self._dump() or f"(no stack dump: {self._why_none})"
         self.signaller.stop()
 

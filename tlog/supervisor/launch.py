@@ -64,7 +64,7 @@ def command_argv(command: list[str]) -> tuple[str, ...]:
 # ``tlog run`` starting its trials with ``tlog run``): each run has its own wire.  Only tlog says where to resume.
 RUN_ENV = frozenset({"TLOG_SUPERVISED", "TLOG_WIRE", "TLOG_PKG_DIR", "TLOG_EXPERIMENT", "TLOG_EXP_DIR",
                      "TLOG_ATTEMPT", "TLOG_NO_INSTRUMENT", "TLOG_LOG_EVERY", "TLOG_GRAD_NORM", "TLOG_STACK_SIGNAL",
-                     "TLOG_RESUME_CHECKPOINT", "TLOG_RESUME_STEP", "TLOG_RESUME_EPOCH"})
+                     "TLOG_LIVE", "TLOG_RESUME_CHECKPOINT", "TLOG_RESUME_STEP", "TLOG_RESUME_EPOCH"})
 
 
 def leave_outer_run() -> None:

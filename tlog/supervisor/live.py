@@ -63,9 +63,18 @@ class LivePage:
                 best = step if best is None or step > best else best
         return best
 
+    def exiting(self) -> bool:
+        """Whether a process of the run has begun to exit (its atexit handlers ran)."""
+        words = self.words
+        return any(words[slot * live.WORDS + live.PID] > 0 and words[slot * live.WORDS + live.EXITING] == 1
+                   for slot in range(live.SLOTS))
+
     def close(self) -> None:
-        self.words.release()
-        self._map.close()
+        try:
+            self.words.release()
+            self._map.close()
+        except BufferError:  # a reader still holds a view: the mapping goes with it
+            pass
         os.close(self._fd)
         if self._path is not None:
             try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import tlog
 from tlog.diagnosis import failure
-from tlog.hook.crash import ENV_STACK_SIGNAL
+from tlog.hook.crash import ENV_STACK_SIGNAL, signal_number
 from tlog.store import layout, safefile
 from tlog.store.writer import ExperimentWriter
 from tlog.supervisor import hang, launch, notify, options, proctree, ranks, restart, scheduler, torchrun
@@ -40,7 +40,10 @@ from tlog.supervisor.scrape import make_scraper
 from tlog.views.viewstate import ViewState
 
 MEMORY_TIMELINE_S = 30.0
-STACK_SIGNAL = signal.SIGUSR1  # faulthandler dumps every thread's stack on it; the default action would kill
+# faulthandler dumps every thread's stack on it in a hooked child (hang detection is on by default): a real-time
+# signal where there is one, so that a scheduler's SIGUSR1 (Slurm's --signal) keeps its own meaning
+STACK_SIGNAL_NAME = "SIGRTMIN+3" if hasattr(signal, "SIGRTMIN") else "SIGUSR1"
+STACK_SIGNAL = signal_number(STACK_SIGNAL_NAME)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Session:
         self.recovery: restart.RecoveryWatch | None = None
         self.hangs: hang.HangWatch | None = None
         self.page: LivePage | None = None  # the attempt's live page (tlog.hook.live)
+        self.hang_rule = hang.HangRule.of(opts.hang_timeout)  # None: --hang-timeout 0
         self._wake = threading.Event()
         self.scraper = make_scraper(opts.scrape)
         self.live = None  # --export tensorboard:DIR (tlog.export.live), made in prepare
@@ -168,8 +172,8 @@ class Session:
             self.workers.report.feed(lines)  # torchrun's account of its workers' exits
         if self.scraper is not None and (scraped := self.scraper.scan(lines)):
             self.on_events(scraped)
-        if self.hangs is not None and stream == "stderr":
-            self.hangs.feed(lines)
+        if self.hangs is not None:
+            self.hangs.feed(stream, lines)
         if self.display.wants_lines:
             self.display.lines(stream, lines)
 
@@ -235,8 +239,8 @@ class Session:
             extra["TLOG_NO_INSTRUMENT"] = "1"
         extra["TLOG_LOG_EVERY"] = str(self.opts.log_every)
         extra["TLOG_GRAD_NORM"] = str(self.opts.grad_norm)
-        if self.opts.hang_timeout:
-            extra[ENV_STACK_SIGNAL] = STACK_SIGNAL.name
+        if self.hang_rule is not None:
+            extra[ENV_STACK_SIGNAL] = STACK_SIGNAL_NAME
         if self.page is not None:
             extra.update(self.page.env)
         return launch.child_env({**extra, **restart.resume_env(resume)})
@@ -292,8 +296,10 @@ class Session:
                               **({"resume_checkpoint": resume.path, "resume_step": resume.step} if resume else {})})
         if self.pending_signal is not None:
             self.signaller.forward(self.pending_signal)
-        if self.opts.hang_timeout:
-            self.hangs = hang.HangWatch(self.opts.hang_timeout, self.signaller, self.say, STACK_SIGNAL)
+        if self.hang_rule is not None:
+            self.hangs = hang.HangWatch(self.hang_rule, self.signaller, self.say, STACK_SIGNAL,
+                                        live=self.page,
+                                        on_limit=self.state.set_hang_limit)
             self.hangs.start()
         readers = self._readers = start_readers(proc, self.on_events, self.on_output, self.display,
                                                 self.writer.flush)

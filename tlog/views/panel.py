@@ -107,6 +107,8 @@ def _header(s: ViewState, now: float) -> list[Text]:
     line.append(f"  elapsed {fmt_duration(s.elapsed(now))}")
     if s.phase and status == "running":
         line.append(f"  phase {s.phase}")
+    if s.hang_limit_s is not None and status == "running":
+        line.append(f"  hang limit {fmt_duration(s.hang_limit_s)}")
     if s.host:
         line.append(f"  host {s.host}")
     if s.pid:

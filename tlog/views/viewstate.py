@@ -127,6 +127,7 @@ class ViewState:
         self.failed_rank: int | None = None  # the root cause of the last distributed failure
         self.output: deque[tuple[str, str]] = deque(maxlen=output_lines)
         self.events = 0
+        self.hang_limit_s: float | None = None  # the hang detector's current limit (None: off)
         self._lock = threading.Lock()
 
     # -- feeding -----------------------------------------------------------------------------------
@@ -144,6 +145,10 @@ class ViewState:
                     self.start_time = t
             if handler is not None and data.__class__ is dict:
                 handler(self, event, data)
+
+    def set_hang_limit(self, seconds: float) -> None:
+        """The hang detector's current limit, as it adapts to the run (supervisor/hang.py)."""
+        self.hang_limit_s = seconds
 
     def apply_output(self, stream: str, line: str) -> None:
         """Keep the script's recent output for the output pane (a bounded deque)."""
