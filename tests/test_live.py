@@ -42,7 +42,7 @@ def test_sigkill_between_reports_is_recorded_at_its_step(runner: Runner) -> None
 
 
 def test_hang_between_reports_is_recorded_at_its_step(runner: Runner) -> None:
-    res = runner.run("run", "--name", "hang", "--hang-timeout", "1", "--grace", "1", script("crash_phase.py"),
+    res = runner.run("run", "--name", "hang", "--hang-timeout", "3", "--grace", "1", script("crash_phase.py"),
                      "hang", "--at", "21", "--steps", "30")
     assert "READY" in res.stdout and _last_step(res.stdout) == 21
     err, summary = _record(runner, "hang")
