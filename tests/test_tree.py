@@ -81,10 +81,42 @@ def test_exit_0_with_a_background_holder_returns_promptly_and_leaves_nothing(run
     try:
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
-        assert "4 process(es) of the run outlived it and held its output open; killed" in err
+        assert "process(es) of the run outlived it and held its output open; killed" in err
         assert not [p for p in pids if _alive(p)]
         assert time.monotonic() - t0 < 10  # before: ~6 s after the child's exit alone
     finally:
         _kill_all(pids)
     log = (Path(runner.exp("exit")) / "training.log").read_text()
     assert "outlived it" in log
+
+
+def test_hooked_descendants_die_with_tlog_even_without_its_guardian(runner: Runner) -> None:
+    """``pkill -9 -f tlog`` takes the guardian too: the Python processes (the hook's lifeline) still go."""
+    proc, pids = _start(runner, "wait")
+    child, python_grandchild = pids[0], pids[3]
+    try:
+        guardians = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid
+                     and int(p) != child and b"guardian" in _cmdline(int(p))]
+        assert len(guardians) == 1
+        os.kill(guardians[0], signal.SIGKILL)
+        proc.kill()
+        proc.wait(10)
+        assert _until(lambda: not _alive(child) and not _alive(python_grandchild), 2.0)
+    finally:
+        _kill_all(pids)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

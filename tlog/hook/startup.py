@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable
 
 from tlog import protocol
-from tlog.hook import crash, emitter
+from tlog.hook import crash, emitter, lifeline
 from tlog.hook.environment import environment
 
 ENV_NO_INSTRUMENT = "TLOG_NO_INSTRUMENT"
@@ -42,6 +42,7 @@ def start() -> None:
         return  # a descendant whose environment was scrubbed of tlog's: not ours to report
     if _tlog_cli(getattr(sys, "orig_argv", sys.argv)):
         return  # a nested ``tlog run``: a supervisor with its own run, not the outer run's training script
+    lifeline.install()
     if _multiprocessing_helper() or not _owns_wire():
         emitter.silence()
         return

@@ -62,7 +62,8 @@ def command_argv(command: list[str]) -> tuple[str, ...]:
 
 # What a supervisor tells its child about the run; never inherited from an outer run (a sweep driver under
 # ``tlog run`` starting its trials with ``tlog run``): each run has its own wire.  Only tlog says where to resume.
-RUN_ENV = frozenset({"TLOG_SUPERVISED", "TLOG_WIRE", "TLOG_PKG_DIR", "TLOG_EXPERIMENT", "TLOG_EXP_DIR",
+RUN_ENV = frozenset({"TLOG_SUPERVISED", "TLOG_SUPERVISOR_PID", "TLOG_WIRE", "TLOG_PKG_DIR", "TLOG_EXPERIMENT",
+                     "TLOG_EXP_DIR",
                      "TLOG_ATTEMPT", "TLOG_NO_INSTRUMENT", "TLOG_LOG_EVERY", "TLOG_GRAD_NORM", "TLOG_STACK_SIGNAL",
                      "TLOG_LIVE", "TLOG_RESUME_CHECKPOINT", "TLOG_RESUME_STEP", "TLOG_RESUME_EPOCH"})
 
@@ -83,6 +84,7 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["TLOG_SUPERVISED"] = "1"
     env["TLOG_PKG_DIR"] = str(PKG_DIR)
+    env["TLOG_SUPERVISOR_PID"] = str(os.getpid())  # the hook's lifeline (tlog.hook.lifeline)
     env.update(extra)
     return env
 
