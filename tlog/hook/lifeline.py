@@ -9,10 +9,10 @@ child (it inherits the pidfd, not the thread) gets its own thread.
 
 from __future__ import annotations
 
+import _thread  # not threading: its import alone would cost every child's start-up a few ms
 import os
 import select
 import signal
-import threading
 
 ENV_SUPERVISOR_PID = "TLOG_SUPERVISOR_PID"
 
@@ -30,7 +30,7 @@ def install() -> None:
 
 
 def _arm(fd: int) -> None:
-    threading.Thread(target=_wait, args=(fd,), name="tlog-lifeline", daemon=True).start()
+    _thread.start_new_thread(_wait, (fd,))
 
 
 def _wait(fd: int) -> None:
