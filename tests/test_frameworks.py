@@ -195,3 +195,31 @@ def test_lightning_checkpoints_and_restart_from_newest_ckpt(lightning_accum1: Li
     starts = [e["data"] for e in lightning_accum2.events if e["kind"] == "attempt" and e["data"]["event"] == "start"]
     assert starts[1].get("resume_checkpoint") == str(ckpt / "epoch=0-step=4.ckpt"), starts
     assert [int(r["step"]) for r in lightning_accum2.rows][-8:] == list(range(5, 13))  # fit resumed at step 4
+
+
+# -- a nanoGPT-style raw loop: its printed lines are the truth -----------------------------------------------------
+
+NANOGPT_SCRAPE = r"step (?P<step>\d+): train loss \S+, val loss (?P<validation_loss>\S+)"  # as in README.md
+
+
+@pytest.mark.parametrize("accum", [("1",), ("4",), ("4", "--unscaled")], ids=["accum1", "accum4", "accum4-unscaled"])
+def test_nanogpt_style_loop_matches_its_printed_losses(runner: Runner, accum: tuple[str, ...]) -> None:
+    """`iter N: loss X` (after optimizer step N+1) is the row of step N+1, whether each micro-batch's loss was
+    divided by the accumulation before its backward or not; `step N: ... val loss Y`, scraped with the README's
+    line, is on the row of step N (N optimizer steps made); the lr is the one each step used."""
+    assert NANOGPT_SCRAPE in (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    r = runner.run("run", "--name", "ng", "--log-every", "1", "--scrape", NANOGPT_SCRAPE, script("nanogpt_like.py"),
+                   "--out_dir", str(runner.cwd / "out"), "--gradient_accumulation_steps", *accum, timeout=120)
+    assert r.returncode == 0, r.stderr
+    printed = [line.split() for line in r.stdout.splitlines() if line.startswith(("iter ", "step "))]
+    iters = {int(w[1].rstrip(":")) + 1: (w[3].rstrip(","), w[5]) for w in printed if w[0] == "iter"}
+    vals = {int(w[1].rstrip(":")): w[-1] for w in printed if w[0] == "step"}
+    assert len(iters) == 13 and sorted(vals) == [0, 4, 8, 12]
+    rows = {int(row["step"]): row for row in _metrics(runner.exp("ng"))}
+    assert sorted(rows) == list(range(14))
+    for step, (loss, lr) in iters.items():
+        assert f"{float(rows[step]['loss']):.6f}" == loss, (step, rows[step]["loss"], loss)
+        assert f"{float(rows[step]['learning_rate']):.6e}" == lr, (step, rows[step]["learning_rate"], lr)
+    assert {s: f"{float(r['validation_loss']):.4f}" for s, r in rows.items() if r["validation_loss"]} == vals
+    saves = [(e["step"], Path(e["data"]["path"]).name) for e in runner.events("ng") if e["kind"] == "checkpoint"]
+    assert saves == [(4, "ckpt.pt"), (8, "ckpt.pt"), (12, "ckpt.pt")]

@@ -20,6 +20,7 @@ from torch.nn import functional
 from torch.nn.modules.loss import _Loss
 
 from tlog.hook.live import BATCH
+from tlog.hook.probes import accumulation
 from tlog.hook.probes.state import Probe, Undo
 
 FUNCTIONAL_LOSSES = (
@@ -71,6 +72,8 @@ def patch_backward(probe: Probe) -> Undo:
     em = probe.em
     window = probe.window
     page = probe.live
+    division, product = accumulation.scale_ops(torch)
+    scaled_ops = frozenset({division, product})
 
     def note(loss: Any) -> bool:
         """Hold the loss (see ``window``) and note the batch; True if this backward is a step of its own (no
@@ -80,7 +83,10 @@ def patch_backward(probe: Probe) -> Undo:
                 loss = probe.unusual_backward(loss)
                 if loss is None:
                     return False
-            window.losses.append(loss.item() if loss.is_cpu else loss.detach())  # window.hold, inlined
+            value = loss.item() if loss.is_cpu else loss.detach()  # window.hold, inlined
+            if loss.grad_fn.__class__ in scaled_ops:  # ``loss / N`` before the backward: see ``accumulation``
+                value = accumulation.rescale(value, loss.grad_fn, division, probe)
+            window.losses.append(value)
             counts = probe.train_vars  # Probe.locate, inlined
             if counts is not None:
                 em.batch = page[BATCH] = n = counts["_num_yielded"] - 1

@@ -5,7 +5,8 @@
   counted on their own.  While no optimizer exists at all, each backward is a
   step (loops that update ``p.data`` by hand).
 - The loss of a step is the mean of the scalar losses backpropagated since the
-  previous optimizer step (gradient accumulation).  Inside an optimizer's
+  previous optimizer step (gradient accumulation), each pre-divided one
+  (``loss / N`` over N micro-batches) on the script's scale (``accumulation``).  Inside an optimizer's
   ``step`` (a closure: LBFGS evaluates it many times) only the first
   evaluation counts, and only when the step had no loss before it: the loss
   at the parameters the step started from, the one LBFGS itself returns.
@@ -41,6 +42,7 @@ from typing import Any
 from tlog.hook import live
 from tlog.hook.emitter import Emitter
 from tlog.hook.live import STEP
+from tlog.hook.probes import accumulation
 from tlog.hook.probes.report import Reporter
 from tlog.hook.probes.window import Window
 
@@ -124,6 +126,7 @@ class Probe:
         self.total_batches: int | None = None
         self.reporter = Reporter(self)
         self.saves: Any = None  # save.Saves, once the torch.save patch is in (framework adapters use it)
+        self.rescaled: list[tuple[int, float]] = []  # this step's losses held times their divisor (accumulation)
         self.owned: frozenset[str] = frozenset()  # names a framework adapter reports itself: left out of the rows
         self.undoers: dict[str, Undo] = {}
         em.locate = self.locate
@@ -177,6 +180,8 @@ class Probe:
         optimizer's steps (or bare backwards) advance the global step."""
         try:
             window = self.window
+            if self.rescaled:  # pre-divided losses held times N: they stand only for N micro-batches
+                accumulation.settle(window.losses, window.mark, self.rescaled)
             if opt is not None:
                 owner = self.by_id.get(id(opt)) or self.register_optimizer(opt)
                 owner.steps += 1
