@@ -57,7 +57,8 @@ def test_read_only_log_dir_is_one_line_naming_it(runner: Runner) -> None:
 
 def test_out_of_range_option_is_refused(runner: Runner) -> None:
     res = runner.run("run", "--monitor-interval", "-1", "--", "true")
-    assert res.returncode == 2 and "'--monitor-interval'" in res.stderr
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "tlog: error: Invalid value for '--monitor-interval': Input should be greater than or equal to 0.01"]
     assert not runner.log_dir.exists()
 
 

@@ -413,7 +413,17 @@ def main() -> None:
         leave_outer_run()
     try:
         command = typer.main.get_command(app)
-        command(default_map=_option_defaults(cast(typer.core.TyperGroup, command)))
+        code = command.main(default_map=_option_defaults(cast(typer.core.TyperGroup, command)),
+                            standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.TyperException as exc:  # a bad option or value: one line, like every other error
+        message = exc.format_message()
+        if "\n" in message:  # bare ``tlog``: the help
+            sys.stderr.write(message + "\n")
+            sys.exit(exc.exit_code)
+        _die(message, exc.exit_code)
+    except typer.Abort:
+        _die("interrupted", 130)
     except Fail as exc:
         _die(str(exc), exc.code)
     except KeyboardInterrupt:
