@@ -29,6 +29,7 @@ the session's STACK_SIGNAL: a real-time signal, SIGUSR1 where there is none) and
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -339,7 +340,13 @@ class HangWatch:
             self._why_none = f"process {pid} could not be signalled"
             return self.capture.collect(0.0, 0.0)
         self._why_none = f"process {pid} wrote nothing to stderr within {DUMP_MAX_S:g} s"
-        return self.capture.collect(DUMP_QUIET_S, DUMP_MAX_S)
+        return without_lifeline(self.capture.collect(DUMP_QUIET_S, DUMP_MAX_S))
+
+
+def without_lifeline(dump: str) -> str:
+    """faulthandler lists every thread; the hook's lifeline thread (tlog.hook.lifeline) is tlog's, not the run's."""
+    blocks = re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump)
+    return "\n".join(b for b in blocks if "tlog/hook/lifeline.py" not in b)
 
 
 def descends_from(pid: int, root: int) -> bool:
