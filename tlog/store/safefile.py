@@ -109,18 +109,20 @@ class Faults:
         return self.failing is None or time.monotonic() >= self._next_try
 
     def wrote(self, path: Path | str) -> None:
-        """A write that had to wait succeeded: when it is the one that failed first, the outage is over."""
+        """A write that had to wait succeeded: the disk takes writes again.  The outage is over once the
+        documents kept meanwhile are written too (whichever file failed first: the outage is the disk's)."""
         with self._lock:
-            if self.failing != str(path):
+            if self.failing is None:
                 return
             self._retry_documents()
-            if self.failing != str(path):
+            if self._documents:
                 return
-            gap = {"path": self.failing, "from": self.since, "to": time.time(), "lost_bytes": self.lost}
+            failed = self.failing
+            gap = {"path": failed, "from": self.since, "to": time.time(), "lost_bytes": self.lost}
             self.gaps.append(gap)
             self.failing = None
             lost = f"; {self.lost} bytes could not be kept" if self.lost else ""
-            self.report(f"writing {path} again after {gap['to'] - gap['from']:.1f} s{lost}")
+            self.report(f"writing {failed} again after {gap['to'] - gap['from']:.1f} s{lost}")
 
     def take_gaps(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -130,15 +132,21 @@ class Faults:
     def document(self, path: Path, data: bytes) -> None:
         """Replace a whole document, or keep its latest version until it can be."""
         with self._lock:
-            if self.failing is not None:
+            if not self.may_try():
                 self._documents[path] = data
                 return
+            waited = self.failing is not None
         try:
             replace_bytes(path, data)
         except OSError as exc:
             self.absorb(path, exc)
             with self._lock:
                 self._documents[path] = data
+            return
+        with self._lock:
+            self._documents.pop(path, None)
+        if waited:
+            self.wrote(path)
 
     def _retry_documents(self) -> None:
         for path, data in list(self._documents.items()):
@@ -146,7 +154,6 @@ class Faults:
                 replace_bytes(path, data)
             except OSError as exc:
                 self.absorb(path, exc)
-                self.failing = str(path)
                 return
             del self._documents[path]
 
