@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import Runner, script
+from conftest import Runner, clean_env, script
 
 STEPS = ("--epochs", "2", "--log-acc", "--val", "--crash-at", "6")
 
@@ -130,6 +130,19 @@ def test_unknown_target_is_one_line(run: Runner) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["tlog: error: unknown export target 'wandb': use one of parquet, "
                                                 "tensorboard, mlflow"]
+
+
+def test_missing_library_is_one_line_naming_the_extra(run: Runner, tmp_path: Path) -> None:
+    """An export whose library is not installed: one line naming the extra, no traceback, nothing written."""
+    shim = tmp_path / "shim" / "mlflow"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named mlflow')\n")
+    proc = run.run("export", "exp", "--to", "mlflow", "--out", f"sqlite:///{tmp_path / 'm.db'}",
+                   env=clean_env(PYTHONPATH=str(shim.parent)))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["tlog: error: export to mlflow needs the mlflow package: "
+                                                "pip install 'tlog[mlflow]'"]
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_load_returns_frames_or_plain_columns(run: Runner) -> None:
