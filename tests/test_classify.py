@@ -429,3 +429,123 @@ def test_one_vocabulary_for_categories_and_phases() -> None:
     assert set(classify_rules.PHASE_CATEGORY) <= set(classify_rules.PHASES)
     assert set(classify_rules.PHASE_CATEGORY.values()) <= set(classify_rules.CATEGORIES)
     assert set(classify_rules.PHASE_ALIASES.values()) <= set(classify_rules.PHASES)
+
+
+# ---- precedence, one test per documented rule (rules.py's module docstring), on frames built from parts
+SITE = "/venv/lib/python3.11/site-packages"
+USER_FORWARD = [("/home/u/train.py", "<module>", "loss = model(x).sum()"),
+                (f"{SITE}/torch/nn/modules/module.py", "_call_impl", "return forward_call(*args, **kwargs)"),
+                ("/home/u/net.py", "forward", "h = self.proj(x)"),
+                (f"{SITE}/torch/nn/modules/linear.py", "forward", "return F.linear(input, self.weight, self.bias)")]
+COMPONENTS = {  # where a failure can happen, innermost last
+    "forward": USER_FORWARD,
+    "autograd_grad": [("/home/u/gp.py", "penalty", "g = torch.autograd.grad(out, x, create_graph=True)[0]"),
+                      (f"{SITE}/torch/autograd/__init__.py", "grad", "return _engine_run_backward(")],
+    "validation": [("/home/u/train.py", "validate", "for x, y in val_loader:"),
+                   (f"{SITE}/torch/utils/data/dataloader.py", "__next__", "data = self._next_data()")],
+    "save": [("/home/u/train.py", "<module>", "torch.save(state, path)"),
+             (f"{SITE}/torch/serialization.py", "save", "with _open_zipfile_writer(f) as opened_zipfile:"),
+             (f"{SITE}/torch/serialization.py", "__exit__", "self.file_like.write_end_of_file()")],
+    "optimizer": [("/home/u/train.py", "<module>", "opt.step()"),
+                  (f"{SITE}/torch/optim/adamw.py", "step", "has_complex = self._init_group(")],
+}
+WRAPPERS = {  # frames a framework puts above the user's code
+    "lightning": [(f"{SITE}/lightning/pytorch/trainer/trainer.py", "fit", "call._call_and_handle_interrupt("),
+                  (f"{SITE}/lightning/pytorch/loops/fit_loop.py", "advance", "self.epoch_loop.run(self._data_fetcher)"),
+                  (f"{SITE}/lightning/pytorch/strategies/strategy.py", "training_step",
+                   "return self.lightning_module.training_step(*args, **kwargs)")],
+    "hf_trainer": [(f"{SITE}/transformers/trainer.py", "train", "return inner_training_loop("),
+                   (f"{SITE}/transformers/trainer.py", "_inner_training_loop", "tr_loss_step = self.training_step("),
+                   (f"{SITE}/transformers/trainer.py", "training_step", "self.accelerator.backward(loss)")],
+    "ddp": [(f"{SITE}/torch/nn/parallel/distributed.py", "forward", "output = self._run_ddp_forward(*inputs)"),
+            (f"{SITE}/torch/nn/parallel/distributed.py", "_run_ddp_forward", "return self.module(*inputs)")],
+}
+
+
+def _traceback(frames: list[tuple[str, str, str]], last: str) -> str:
+    body = "".join(f'  File "{f}", line {10 + i}, in {func}\n    {src}\n' for i, (f, func, src) in enumerate(frames))
+    return f"Traceback (most recent call last):\n{body}{last}"
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+@pytest.mark.parametrize(("last", "category", "rule"), [
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of "
+     "23.65 GiB of which 100.00 MiB is free.", "memory", "cuda_oom"),
+    ("OSError: [Errno 24] Too many open files", "system", "fd_limit"),
+    ("OSError: [Errno 28] No space left on device", "system", "disk_full"),
+])
+def test_resource_exhaustion_beats_the_component_it_happened_in(component: str, last: str, category: str,
+                                                                 rule: str) -> None:
+    d = classify_text(_traceback(COMPONENTS[component], last))
+    assert (d.category, d.rule) == (category, rule), d.cause
+
+
+@pytest.mark.parametrize("last", [
+    "RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR",
+    "RuntimeError: CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle, opa, opb, m, n, k, "
+    "&alpha, a, lda, b, ldb, &beta, c, ldc)`",
+    "RuntimeError: CUDA error: an illegal memory access was encountered",
+    "torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, "
+    "unhandled system error (run with NCCL_DEBUG=INFO for details), NCCL version 2.20.5",
+])
+def test_a_device_or_communication_library_failure_beats_the_user_frame(last: str) -> None:
+    """The user's forward is where it surfaced; the device library (or NCCL) is what failed."""
+    d = classify_text(_traceback(USER_FORWARD, last))
+    assert d.category in ("device", "network") and d.transient, (d.rule, d.cause)
+    assert d.category == ("network" if "NCCL" in last else "device")
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+@pytest.mark.parametrize(("inner", "last", "category"), [
+    (USER_FORWARD, "RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x3 and 4x2)", "model_inference"),
+    ([("/home/u/train.py", "step", "loss.backward()"),
+      (f"{SITE}/torch/autograd/__init__.py", "backward", "_engine_run_backward(")],
+     "RuntimeError: element 0 of tensors does not require grad and does not have a grad_fn", "gradient_computation"),
+    ([("/home/u/train.py", "step", "loss = F.cross_entropy(out, y)"),
+      (f"{SITE}/torch/nn/functional.py", "cross_entropy", "return torch._C._nn.cross_entropy_loss(")],
+     "IndexError: Target 7 is out of bounds.", "loss_computation"),
+])
+def test_a_wrapper_never_decides(wrapper: str, inner: list, last: str, category: str) -> None:
+    """Lightning, the HF Trainer and DDP frames above the failure leave the category to what is below them."""
+    bare = classify_text(_traceback(inner, last))
+    wrapped = classify_text(_traceback(WRAPPERS[wrapper] + inner, last))
+    assert bare.category == wrapped.category == category, (wrapped.rule, wrapped.cause)
+
+
+def test_phase_comes_from_the_entry_point_the_closure_and_user_eval_functions() -> None:
+    """A library module speaks for the function it was entered through (torch.save closing its file is still
+    the save; iter(loader) building workers is data loading); a forward run as the optimizer's closure is the
+    forward; a library's argument validator (librosa's valid_audio) is not a validation loop."""
+    save = classify_text(_traceback(COMPONENTS["save"], "OSError: [Errno 116] Stale file handle"))
+    assert save.phase == "checkpoint_saving", save.evidence
+    workers = [("/home/u/train.py", "<module>", "for x, y in loader:"),
+               (f"{SITE}/torch/utils/data/dataloader.py", "__iter__", "return self._get_iterator()"),
+               (f"{SITE}/torch/utils/data/dataloader.py", "__init__", "w.start()"),
+               ("/usr/lib/python3.11/multiprocessing/popen_fork.py", "_launch", "parent_r, child_w = os.pipe()")]
+    assert classify_text(_traceback(workers, "OSError: [Errno 24] Too many open files")).phase == "data_loading"
+    closure = [("/home/u/train.py", "<module>", "opt.step(closure)"),
+               (f"{SITE}/torch/optim/lbfgs.py", "step", "orig_loss = closure()"),
+               ("/home/u/train.py", "closure", "out = model(x)"), *USER_FORWARD[1:]]
+    d = classify_text(_traceback(closure, "RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x3 and 4x2)"))
+    assert (d.category, d.phase) == ("model_inference", "forward_pass"), d.evidence
+    check = [("/home/u/data.py", "__getitem__", "return librosa.resample(wav, orig_sr=sr, target_sr=16000)"),
+             (f"{SITE}/librosa/util/utils.py", "valid_audio", 'raise ParameterError("Audio buffer is not finite")')]
+    assert classify_text(_traceback(check, "librosa.util.exceptions.ParameterError: Audio buffer is not finite")
+                         ).phase == "data_loading"
+    user_eval = [("/home/u/train.py", "run_eval", "acc = (model(x).argmax(1) == y).float().mean()"), *USER_FORWARD[1:]]
+    assert classify_text(_traceback(user_eval, "RuntimeError: boom")).phase == "validation"
+
+
+def test_cuda_oom_remedy_quotes_the_monitors_gpu_peak_and_a_shape_remedy_names_both_sizes() -> None:
+    message = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of 79.15 GiB of which "
+               "1.20 GiB is free.")
+    gpus = {"gpu0_peak_mb": 2048.0, "gpu0_total_mb": 81050.0, "gpu1_peak_mb": 80000.0, "gpu1_total_mb": 81050.0}
+    d = classify(FailureRecord(exc_type="torch.OutOfMemoryError", message=message,
+                               samples=({"t": 1.0, "rss_bytes": GIB, **gpus},)))
+    assert "needs 2.00 GiB, 1.20 GiB free, monitor's peak on GPU 1 78.12 GiB of 79.15 GiB" in d.remedy, d.remedy
+    assert "monitor" not in classify(FailureRecord(exc_type="torch.OutOfMemoryError", message=message)).remedy
+    add = [*USER_FORWARD[:2], ("/home/u/net.py", "forward", "return self.conv(x) + self.skip(x)")]
+    d = classify_text(_traceback(add, "RuntimeError: The size of tensor a (32) must match the size of tensor b (16) "
+                                      "at non-singleton dimension 3"))
+    assert d.remedy.startswith("make the shapes agree at net.py:12 in forward: tensor a has 32 and tensor b has 16 "
+                               "at dimension 3"), d.remedy

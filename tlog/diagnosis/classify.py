@@ -70,16 +70,37 @@ def infer_phase(frames: list[Frame]) -> tuple[str | None, Frame | None, bool]:
 
     Only the innermost frame's source line counts: above it, the library frames below say what ran, so a
     one-line ``loss = F.mse_loss(m(x), y); loss.backward()`` that failed inside ``m`` is the forward pass.
+    A library frame speaks for the function its module was entered through (``_entry_hint``), and a step
+    (``LEAF_PHASES``) yields to a forward or loss below it: that is the closure the step ran.
     """
     weak: tuple[str, Frame] | None = None
     for depth, frame in enumerate(reversed(frames)):
         key = frame.key if depth == 0 else f"{frame.file}|{frame.func}|"
-        hit = next(((p, s) for p, s, pattern in R.FRAME_PHASES if rx(pattern).search(key)), None)
+        hit = _entry_hint(frames, len(frames) - 1 - depth) or _hint(key)
         if hit and hit[1]:
+            if hit[0] in R.LEAF_PHASES and weak:
+                return weak[0], weak[1], False
             return hit[0], frame, True
         if hit and weak is None:
             weak = (hit[0], frame)
     return (weak[0], weak[1], False) if weak else (None, None, False)
+
+
+def _hint(key: str) -> tuple[str, bool] | None:
+    return next(((p, s) for p, s, pattern in R.FRAME_PHASES if rx(pattern).search(key)), None)
+
+
+def _entry_hint(frames: list[Frame], i: int) -> tuple[str, bool] | None:
+    """The hint of the outermost frame in the run of library frames of ``frames[i]``'s file, when that entry
+    point names one: ``torch.save`` failing in the ``__exit__`` that closes its file is still a save, and an
+    iterator built by ``iter(loader)`` is data loading, not the DataLoader's construction."""
+    frame = frames[i]
+    if not frame.library:
+        return None
+    j = i
+    while j > 0 and frames[j - 1].file == frame.file:
+        j -= 1
+    return _hint(f"{frames[j].file}|{frames[j].func}|") if j < i else None
 
 
 def _line_phase(texts: list[str]) -> tuple[str, str] | None:
@@ -201,7 +222,8 @@ def _diagnose(rule: R.Rule, exc: Exc | None, where: str, hit: str, record: Failu
     detail = _facts(rule, hit) or _head(exc.message if exc else hit)
     transient = R.restartable(rule) if category == rule.category else category in R.TRANSIENT
     return Diagnosis(category, phase, transient, _cause(summary, phase, record, site, detail),
-                     tuple(evidence), rule.name, remedy(rule, category, exc, _said(exc) if exc else hit))
+                     tuple(evidence), rule.name, remedy(rule, category, exc, _said(exc) if exc else hit,
+                                                     record.samples))
 
 
 # ---------------------------------------------------------------- signals and memory

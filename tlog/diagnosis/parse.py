@@ -59,6 +59,11 @@ class Frame:
     def short(self) -> str:
         return f"{self.file.rsplit('/', 1)[-1]}:{self.line} in {self.func}"
 
+    @property
+    def library(self) -> bool:
+        """Installed or standard-library code (and tlog's own hook), not the user's."""
+        return bool(_LIBRARY.search(self.file))
+
 
 @dataclass(slots=True)
 class Exc:
@@ -77,7 +82,7 @@ class Exc:
 
     def site(self) -> Frame | None:
         """The deepest frame in the user's own code: where a practitioner would start reading."""
-        return next((f for f in reversed(self.frames) if not _LIBRARY.search(f.file)), None)
+        return next((f for f in reversed(self.frames) if not f.library), None)
 
 
 def _frame(m: re.Match[str]) -> Frame:

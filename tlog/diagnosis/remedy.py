@@ -7,6 +7,7 @@ OOM's sizes, a shape error's shapes and module) are computed here.  Standard lib
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from tlog.diagnosis import rules as R
 from tlog.diagnosis.parse import Exc
@@ -20,6 +21,7 @@ _OOM = {  # both spellings of the caching allocator's message (before and after 
     "reserved": (_SIZE + r" reserved in total by PyTorch",),
     "unallocated": (_SIZE + r" is reserved by PyTorch but unallocated",),
 }
+_PEAK = re.compile(r"gpu(\d+)_peak_mb")
 _MODULES = {"linear": "nn.Linear", "conv": "nn.Conv", "rnn": "nn.RNN/LSTM/GRU", "normalization": "nn.LayerNorm",
             "batchnorm": "nn.BatchNorm", "activation": "nn.MultiheadAttention", "sparse": "nn.Embedding",
             "transformer": "nn.Transformer", "pooling": "a pooling layer", "flatten": "nn.Flatten"}
@@ -52,7 +54,23 @@ def _find(text: str, patterns: tuple[str, ...]) -> tuple[str, float] | None:
     return None
 
 
-def _cuda_oom(text: str) -> str:
+def _gpu_peak(samples: Sequence[Mapping], text: str) -> str:
+    """The monitor's peak on the device the message names (else the busiest one), from its last GPU reading:
+    how full the card got, whoever filled it, beside what the allocator asked for."""
+    last = next((s for s in reversed(samples) if any(_PEAK.fullmatch(k) for k in s)), None)
+    if last is None:
+        return ""
+    peaks = {int(m[1]): v for k, v in last.items() if (m := _PEAK.fullmatch(k)) and isinstance(v, (int, float))}
+    if not peaks:
+        return ""
+    named = re.search(r"\bGPU (\d+)", text)
+    i = int(named[1]) if named and int(named[1]) in peaks else max(peaks, key=lambda k: peaks[k])
+    total = last.get(f"gpu{i}_total_mb")
+    of = f" of {total / 1024:.2f} GiB" if isinstance(total, (int, float)) and total else ""
+    return f"monitor's peak on GPU {i} {peaks[i] / 1024:.2f} GiB{of}"
+
+
+def _cuda_oom(text: str, peak: str = "") -> str:
     """The fix follows the numbers: fragmentation (reserved ≫ allocated) wants expandable segments, otherwise
     the step needs less memory."""
     got = {key: _find(text, patterns) for key, patterns in _OOM.items()}
@@ -63,7 +81,7 @@ def _cuda_oom(text: str) -> str:
         unallocated = (f"{spare / 2**30:.2f} GiB", spare) if spare > 0 else None
     facts = [f"needs {want[0]}" if want else "", f"{free[0]} free" if free else "",
              f"{allocated[0]} allocated" if allocated else "",
-             f"{unallocated[0]} reserved but unallocated" if unallocated else ""]
+             f"{unallocated[0]} reserved but unallocated" if unallocated else "", peak]
     said = ", ".join(f for f in facts if f)
     fragmented = unallocated and ((want and unallocated[1] >= want[1]) or
                                   (allocated and unallocated[1] > 0.25 * allocated[1]))
@@ -75,30 +93,40 @@ def _cuda_oom(text: str) -> str:
 
 
 def _module(exc: Exc | None) -> str:
-    """The layer that raised: the deepest torch.nn module file, else the deepest forward in user code."""
-    frames = exc.frames if exc else []
-    for frame in reversed(frames):
-        if m := re.search(r"torch/nn/modules/(\w+)\.py", frame.file):
+    """The layer that raised: the deepest torch.nn layer or user frame, whichever is deeper (a user's forward
+    adding two tensors is its own module; ``module.py``'s call machinery is nobody's)."""
+    for frame in reversed(exc.frames if exc else []):
+        if not frame.library:
+            return frame.short()
+        if (m := re.search(r"torch/nn/modules/(\w+)\.py", frame.file)) and m[1] != "module":
             return _MODULES.get(m[1], f"torch.nn ({m[1]}.py)")
-    site = exc.site() if exc else None
-    return site.short() if site else ""
+    return ""
+
+
+_SHAPES = re.compile(r"torch\.Size\(\[[-\d, ]*\]\)|\[-?\d[-\d, ]*\]|\(\d+(?:x\d+)+\)|size \d+")
+_PAIR = re.compile(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton "
+                   r"dimension (\d+)")
 
 
 def _shape(text: str, exc: Exc | None) -> str:
+    """Names the two shapes (or sizes) the message compares and the module that raised."""
     module = _module(exc)
     at = f" at {module}" if module else ""
     if m := re.search(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)", text):
         return (f"the input has {m[2]} features but{' ' + module if module else ' the layer'} expects {m[3]} "
                 f"({m[1]}x{m[2]} @ {m[3]}x{m[4]}): set in_features={m[2]} or reshape the input before it")
-    shapes = re.findall(r"\[[\d, ]+\]|\(\d+(?:x\d+)+\)|torch\.Size\(\[[\d, ]*\]\)|size \d+", text)
-    seen = ", ".join(dict.fromkeys(shapes[:4]))
+    if m := _PAIR.search(text):
+        return (f"make the shapes agree{at}: tensor a has {m[1]} and tensor b has {m[2]} at dimension {m[3]}; "
+                "print both shapes before the operation")
+    seen = ", ".join(dict.fromkeys(_SHAPES.findall(text)[:4]))
     return f"make the shapes agree{at}" + (f" ({seen})" if seen else "") + "; print x.shape before the call"
 
 
-def remedy(rule: R.Rule, category: str, exc: Exc | None, text: str) -> str:
-    """One line: computed for the rules whose numbers decide, else the rule's, else its category's."""
+def remedy(rule: R.Rule, category: str, exc: Exc | None, text: str, samples: Sequence[Mapping] = ()) -> str:
+    """One line: computed for the rules whose numbers decide, else the rule's, else its category's.
+    ``samples`` are the monitor's last readings (a CUDA OOM's remedy quotes the GPU peak from them)."""
     if rule.name == "cuda_oom":
-        return _cuda_oom(text)
+        return _cuda_oom(text, _gpu_peak(samples, text))
     if rule.name == "shape_mismatch" and category in (R.MODEL, R.VALID, R.DATA):
         return _shape(text, exc)
     if rule.remedy:

@@ -454,7 +454,7 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
      r"torch/optim/|bitsandbytes/optim/|deepspeed/ops/adam|apex/optimizers/|transformers/optimization\.py|"
      r"\|(?:get|create|build|make|configure|init|setup)_?(?:optimi[sz]ers?|scheduler|lr_scheduler)\w*\|"),
     ("validation", True,
-     r"/evaluation/|/evaluators?/|\w*_?eval(?:uator|uation)?\w*\.py\||\|(?:compute_metrics|on_sanity_check\w*|"
+     r"/evaluation/|/evaluators?/|\w*_?eval(?:uator|uation)?\w*\.py\||\|(?:compute_metrics|evaluate|on_sanity_check\w*|"
      r"\w*evaluation_loop|\w*(?:validation|test)_step\w*|\w*_?(?:eval|evaluate|validate)_\w+|_run_sanity_check)\|"),
     ("initialization", True,
      r"argparse\.py|hydra/|\|(?:parse_args|parse_config|load_config|get_config|"
@@ -472,8 +472,11 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
      r"safetensors/torch\.py\|load"),
     ("checkpoint_saving", True,
      r"torch/serialization\.py|safetensors|torch\.save\(|(?i:checkpoint|ckpt)|\|(?:save|save_model|save_pretrained)\|"),
+    # A user's function named after evaluation is the eval loop; a library's (librosa's valid_audio, an
+    # argument validator) checks its inputs, so this row reads user frames only.
     ("validation", True,
-     r"\|(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\|"),
+     r"^(?![^|]*(?:site-packages|dist-packages|/lib/python\d))[^|]*\|"
+     r"(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\|"),
     ("model_setup", True,
      r"\|(?:build|create|get|make|init|setup|load)_?(?:model|network|net|backbone|arch)\w*\||from_pretrained"),
     ("loss_computation", False,
@@ -495,6 +498,9 @@ LINE_PHASES: tuple[tuple[str, str], ...] = (
 )
 
 COARSE_PHASES = frozenset({"forward_pass"})
+# A step runs closures (LBFGS, Lightning's training_step closure inside optimizer.step): a forward or loss
+# hint deeper than the step's frame is what failed.
+LEAF_PHASES = frozenset({"optimization_step"})
 # A frame's phase is finer than the probe's, except inside these: a forward or a step run by validation is
 # still validation.
 ENCLOSING_PHASES = frozenset({"validation"})
