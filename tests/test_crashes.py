@@ -216,3 +216,14 @@ def test_one_line_forward_and_backward_is_the_forward_with_a_remedy(runner: Runn
     assert err["remedy"].startswith(remedy)
     assert f"remedy: {remedy}" in res.stderr
     assert f"remedy: {remedy}" in runner.run("errors", "oneline").stdout
+
+
+def test_a_worker_killed_by_sigsegv_is_the_root_not_the_data_or_the_pipe(runner: Runner) -> None:
+    """A DataLoader worker dies of SIGSEGV loading batch 2: the main process then sees a broken pipe, a reset
+    connection or 'exited unexpectedly' (which one depends on timing); the worker's native crash is the cause."""
+    res = runner.run("run", "--name", "workersegv", script("crash_phase.py"), "workersegv")
+    assert res.returncode == 1 and "Unexpected segmentation fault encountered in worker" in res.stderr, res.stderr
+    (err,) = _errors(runner, "workersegv")
+    assert (err["category"], err["rule"], err["phase"], err["transient"]) == \
+        ("system", "dataloader_worker_crashed", "data_loading", True), err["cause"]
+    assert err["remedy"].startswith("a native crash in a worker") and "num_workers=0" in err["remedy"]

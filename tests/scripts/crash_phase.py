@@ -1,6 +1,7 @@
 """A small real training loop that fails in the phase named by its first argument (one script, many crashes).
 
     worker     a DataLoader worker (num_workers=1) raises while loading batch 2
+    workersegv a DataLoader worker dies of SIGSEGV (NULL read through ctypes) while loading batch 2
     shape      the model gets inputs of the wrong width at step 3 (forward)
     target     cross_entropy gets a class index out of range at step 3 (loss)
     backward   backward() twice through the same graph at step 3
@@ -24,8 +25,8 @@ import signal
 import sys
 import time
 
-MODES = ("worker", "shape", "target", "backward", "optimizer", "ckpt", "args", "sigkill", "savekill", "segv", "hang",
-         "stall")
+MODES = ("worker", "workersegv", "shape", "target", "backward", "optimizer", "ckpt", "args", "sigkill", "savekill",
+         "segv", "hang", "stall")
 p = argparse.ArgumentParser()
 p.add_argument("mode", choices=MODES)
 p.add_argument("--steps", type=int, default=6)
@@ -47,6 +48,8 @@ class Numbers(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if i == 8 and args.mode == "worker":
             raise KeyError(f"sample {i} missing from the shard index")
+        if i == 8 and args.mode == "workersegv":
+            ctypes.string_at(0)
         if i == 8 and args.mode == "stall":
             time.sleep(3600)
         g = torch.Generator().manual_seed(i)
@@ -62,7 +65,7 @@ if args.mode == "ckpt":
     data = open("ck.pt", "rb").read()
     open("ck.pt", "wb").write(data[: len(data) // 2])
     model.load_state_dict(torch.load("ck.pt")["model"])
-workers = 1 if args.mode in ("worker", "stall") else 0
+workers = 1 if args.mode in ("worker", "workersegv", "stall") else 0
 loader = DataLoader(Numbers(), batch_size=4, num_workers=workers)
 for step, (x, y) in enumerate(loader, start=1):
     opt.zero_grad()
