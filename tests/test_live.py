@@ -3,9 +3,14 @@ STEP lines are the truth), with the default ``--log-every`` (a report at step 1,
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import signal
+import subprocess
+import sys
 
+import pytest
 from conftest import Runner, script
 
 from tlog.hook import live
@@ -48,6 +53,50 @@ def test_hang_between_reports_is_recorded_at_its_step(runner: Runner) -> None:
     err, summary = _record(runner, "hang")
     assert (err["step"], err["batch"]) == (21, 20) and err["cause"].startswith("hung")
     assert summary["steps"] == 21
+
+
+@pytest.mark.parametrize(("signum", "handler"), [(signal.SIGTERM, False), (signal.SIGHUP, True),
+                                                 (signal.SIGINT, False)])
+def test_a_termination_signal_to_tlog_loses_no_step_the_script_ran(runner: Runner, signum: int,
+                                                                   handler: bool) -> None:
+    """30 fast steps (one report at step 1, the next not due for 0.5 s), then the script waits: tlog forwards the
+    signal, the hook sends the held window before the process dies of it (after the script's own handler)."""
+    proc = runner.popen("run", "--no-panel", "--name", "term", script("crash_phase.py"), "hang", "--at", "30",
+                        "--steps", "40", *(["--handler"] if handler else []))
+    printed = []
+    for line in proc.stdout:
+        printed.append(line)
+        if line.startswith("READY"):
+            break
+    os.kill(proc.pid, signum)
+    out, err = proc.communicate(timeout=60)
+    stdout = "".join(printed) + out
+    assert proc.returncode == 128 + signum, err
+    assert ("HANDLED " + signal.Signals(signum).name in stdout) == handler, "the script's own handler ran"
+    with open(runner.exp("term") / "training_metrics.csv", newline="") as f:
+        recorded = [int(row["step"]) for row in csv.DictReader(f) if row["loss"]]
+    assert _last_step(stdout) == 30 and recorded == list(range(1, 31))
+
+
+CHAIN = """
+import os, signal, sys
+from tlog.hook import signals
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signals.install(lambda: print("flushed", flush=True))
+assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+mine = lambda s, f: print("mine", s, flush=True)
+assert signal.signal(signal.SIGTERM, mine) is signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is mine
+os.kill(os.getpid(), signal.SIGHUP)  # ignored: no flush, no death
+os.kill(os.getpid(), signal.SIGTERM)  # flushed, then the script's handler
+assert signal.signal(signal.SIGTERM, signal.SIG_DFL) is mine
+os.kill(os.getpid(), signal.SIGTERM)  # flushed, then the default action
+print("survived", flush=True)
+"""
+
+
+def test_the_hook_chains_in_front_of_the_scripts_handlers() -> None:
+    res = subprocess.run([sys.executable, "-c", CHAIN], capture_output=True, text=True, timeout=30)
+    assert (res.returncode, res.stdout) == (-signal.SIGTERM, f"flushed\nmine {signal.SIGTERM}\nflushed\n"), res.stderr
 
 
 def test_page_slots_and_merge() -> None:

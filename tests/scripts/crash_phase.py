@@ -15,7 +15,8 @@
     stall      a DataLoader worker blocks forever on batch 2
 
 --steps N (default 6): one epoch of N batches (batch = step - 1); --at S (default 3): the step after which
-sigkill, savekill, segv and hang strike.
+sigkill, savekill, segv and hang strike.  --handler: a SIGTERM/SIGHUP handler of the script's own, installed
+after torch, prints HANDLED <signal> and dies of the signal (the usual re-raise).
 """
 
 import argparse
@@ -31,6 +32,7 @@ p = argparse.ArgumentParser()
 p.add_argument("mode", choices=MODES)
 p.add_argument("--steps", type=int, default=6)
 p.add_argument("--at", type=int, default=3)
+p.add_argument("--handler", action="store_true")
 args = p.parse_args(sys.argv[1:] + (["--no-such-option"] if sys.argv[1:2] == ["args"] else []))
 
 import torch  # noqa: E402 - after argument parsing, as training scripts do
@@ -56,6 +58,17 @@ class Numbers(Dataset):
         return torch.randn(8, generator=g), torch.tensor(i % 4)
 
 
+
+
+def handled(signum: int, _frame: object) -> None:
+    print(f"HANDLED {signal.Signals(signum).name}", flush=True)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+if args.handler:
+    signal.signal(signal.SIGTERM, handled)
+    signal.signal(signal.SIGHUP, handled)
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
 lr = "1e-3" if args.mode == "optimizer" else 0.1

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable
 
 from tlog import protocol
-from tlog.hook import crash, emitter, lifeline
+from tlog.hook import crash, emitter, lifeline, signals
 from tlog.hook.environment import environment
 
 ENV_NO_INSTRUMENT = "TLOG_NO_INSTRUMENT"
@@ -52,6 +52,7 @@ def start() -> None:
         return
     em = emitter.get()
     crash.install()
+    signals.install(_send_held)
     env = environment()
     em.emit("meta", {**{k: env[k] for k in ("argv", "cwd", "pid", "python", "executable")}, **_torchrun_worker()})
     em.emit("config", {"environment": env})
@@ -142,6 +143,20 @@ class ImportWatcher:
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+def _send_held() -> None:
+    """What a termination signal must not take with the process: the probe's unreported steps and the held
+    ``tlog.log`` calls (``signals``)."""
+    em = emitter.current()
+    if em is None or not em.enabled:
+        return
+    probe_module = sys.modules.get("tlog.hook.torch_probe")
+    probe = probe_module.current() if probe_module is not None else None
+    if probe is not None:
+        probe.finish()
+    else:
+        em.flush_deferred()
 
 
 def _install_torch_probe() -> None:
