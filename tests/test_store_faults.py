@@ -42,6 +42,13 @@ def test_log_dir_that_cannot_be_created_is_one_line_naming_it(runner: Runner) ->
     assert res.stderr.strip().splitlines() == ["tlog: error: afile/logs: Not a directory"]
 
 
+def test_a_log_dir_that_is_a_file_is_one_line_for_every_report(runner: Runner) -> None:
+    (runner.cwd / "afile").write_text("not a directory")
+    for args in (("ls",), ("errors", "--all"), ("export", "--all")):
+        res = runner.run(*args, "--log-dir", "afile")
+        assert (res.returncode, res.stderr) == (2, "tlog: error: log dir afile is not a directory\n"), args
+
+
 def test_read_only_log_dir_is_one_line_naming_it(runner: Runner) -> None:
     ro = runner.cwd / "ro"
     ro.mkdir()

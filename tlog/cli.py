@@ -198,10 +198,9 @@ def errors(
 ) -> None:
     """The classified failures of a run (or of every run with --all): cause, phase, attempt, recovery."""
     from tlog.report import ReportError, filter_errors, load_errors
-    from tlog.store.layout import list_experiments
     from tlog.views import tables
 
-    dirs = list_experiments(log_dir) if show_all else [_resolve(exp, log_dir)]
+    dirs = _experiments(log_dir) if show_all else [_resolve(exp, log_dir)]
     try:
         rows = filter_errors([err for d in dirs for err in load_errors(d)], category, phase)
     except ReportError as exc:
@@ -298,11 +297,12 @@ def list_runs(
 ) -> None:
     """Experiments in the log dir, newest first: status, start, duration, steps, best loss, errors."""
     from tlog.report import ReportError, list_summaries
+    from tlog.store.layout import ExperimentError
     from tlog.views import tables
 
     try:
         rows = list_summaries(log_dir, status=status, pattern=pattern)
-    except ReportError as exc:
+    except (ReportError, ExperimentError) as exc:
         raise Fail(str(exc), 2) from None
     if as_json:
         _print_json(rows)
@@ -323,10 +323,9 @@ def export_cmd(
 ) -> None:
     """Write runs out as Parquet tables, TensorBoard event files or MLflow runs; again replaces, never duplicates."""
     from tlog.export import ExportError, export
-    from tlog.store.layout import list_experiments
 
     named: list[str | None] = list(exps or []) or [None]
-    dirs = list_experiments(log_dir) if every else [_resolve(e, log_dir) for e in named]
+    dirs = _experiments(log_dir) if every else [_resolve(e, log_dir) for e in named]
     try:
         for place in export(dirs, to, out):
             typer.echo(f"exported to {place}")
@@ -371,6 +370,15 @@ def _resolve(exp: str | None, log_dir: Path) -> Path:
 
     try:
         return resolve(exp, log_dir)
+    except ExperimentError as exc:
+        raise Fail(str(exc), 2) from None
+
+
+def _experiments(log_dir: Path) -> list[Path]:
+    from tlog.store.layout import ExperimentError, list_experiments
+
+    try:
+        return list_experiments(log_dir)
     except ExperimentError as exc:
         raise Fail(str(exc), 2) from None
 

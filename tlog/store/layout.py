@@ -117,11 +117,16 @@ def started_at(exp_dir: Path) -> float:
 
 
 def list_experiments(log_dir: Path) -> list[Path]:
-    """Experiments in ``log_dir``, newest first."""
+    """Experiments in ``log_dir``, newest first; none when it does not exist (yet).  A path that is not a
+    directory, or one that cannot be read, is the user's to fix: an ``ExperimentError`` naming it."""
     try:
         dirs = [p for p in log_dir.iterdir() if p.is_dir() and is_experiment(p)]
-    except OSError:
+    except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        raise ExperimentError(f"log dir {log_dir} is not a directory") from None
+    except OSError as exc:
+        raise ExperimentError(f"cannot read log dir {log_dir}: {exc.strerror or exc}") from None
     return sorted(dirs, key=started_at, reverse=True)
 
 
