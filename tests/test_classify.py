@@ -534,6 +534,19 @@ def test_phase_comes_from_the_entry_point_the_closure_and_user_eval_functions() 
                          ).phase == "data_loading"
     user_eval = [("/home/u/train.py", "run_eval", "acc = (model(x).argmax(1) == y).float().mean()"), *USER_FORWARD[1:]]
     assert classify_text(_traceback(user_eval, "RuntimeError: boom")).phase == "validation"
+    val_module = [("/home/u/yolo/train.py", "train", "results = val.run(data, model=model)"),
+                  ("/home/u/yolo/val.py", "run", "stats = ap_per_class(*stats)"),
+                  ("/home/u/yolo/utils/metrics.py", "ap_per_class", "n_l = nt[ci]")]
+    d = classify_text(_traceback(val_module, "IndexError: index 3 is out of bounds for axis 0 with size 3"))
+    assert (d.category, d.phase) == ("validation", "validation"), d.evidence
+
+
+def test_a_library_message_naming_the_setting_to_change_is_configuration() -> None:
+    """HF's metric_for_best_model check raises a KeyError that names the argument: the setting, not the data."""
+    d = classify_text('KeyError: "The `metric_for_best_model` training argument is set to \'eval_f1\', which is not '
+                      'found in the evaluation metrics. Consider changing the `metric_for_best_model` via the '
+                      'TrainingArguments."')
+    assert (d.category, d.rule, d.transient) == ("configuration", "config_missing_setting", False), d.cause
 
 
 def test_cuda_oom_remedy_quotes_the_monitors_gpu_peak_and_a_shape_remedy_names_both_sizes() -> None:

@@ -338,11 +338,13 @@ RULES: tuple[Rule, ...] = (
                  r"is not supported\. (?:available|choose|supported)"),
     Rule("config_missing_setting", CONFIG, "a required setting is missing or inconsistent",
          reason="libraries check their settings up front (Lightning's MisconfigurationException, a config "
-                "module's assertion, 'requires an eval_dataset'); the same settings fail on every retry",
+                "module's assertion, 'requires an eval_dataset', a message naming the argument to change); the "
+                "same settings fail on every retry",
          types=("MisconfigurationException", "ConfigurationError", "ConfigError", "InvalidConfigError"),
          message=r"(?m)^(?:\w+\.)*(?:ValueError|AssertionError|TypeError): .*(?:\brequires an? \w+|"
                  r"must (?:be )?(?:specified|provided|set)\b|(?:is|are) not (?:set|specified)\b|"
                  r"please (?:specify|provide|set) )|could not find the monitored key|"
+                 r"(?:training )?argument is set to .* which is not|consider changing the `?\w+`? (?:via|in) |"
                  r"Check batch related parameters|train_batch_size is not equal to"),
     Rule("config_module_assert", CONFIG, "a library rejected its configuration",
          reason="an assertion or ValueError raised in a library's config module is a bad setting, not a bug",
@@ -472,15 +474,16 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
      r"safetensors/torch\.py\|load"),
     ("checkpoint_saving", True,
      r"torch/serialization\.py|safetensors|torch\.save\(|(?i:checkpoint|ckpt)|\|(?:save|save_model|save_pretrained)\|"),
-    # A user's function named after evaluation is the eval loop; a library's (librosa's valid_audio, an
-    # argument validator) checks its inputs, so this row reads user frames only.
+    # A user's function or module named after evaluation (validate(), val.py) is the eval loop; a library's
+    # (librosa's valid_audio, an argument validator) checks its inputs, so this row reads user frames only.
     ("validation", True,
-     r"^(?![^|]*(?:site-packages|dist-packages|/lib/python\d))[^|]*\|"
-     r"(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\|"),
+     r"^(?![^|]*(?:site-packages|dist-packages|/lib/python\d))(?:[^|]*\|"
+     r"(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\||(?:[^|]*/)?"
+     r"(?:val|valid|validate|validation|eval|evaluate|evaluation|test)\.py\|)"),
     ("model_setup", True,
      r"\|(?:build|create|get|make|init|setup|load)_?(?:model|network|net|backbone|arch)\w*\||from_pretrained"),
     ("loss_computation", False,
-     r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|criterion|\w*cross_entropy|kl_div)\||\b(?:criterion|loss_fn|"
+     r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|criterion|\w*entropy\w*|kl_div)\||\b(?:criterion|loss_fn|"
      r"loss_func|compute_loss)\(|F\.\w*(?:loss|entropy)\w*\("),
     ("forward_pass", False,
      r"\|forward\||\|_conv_forward\||torch/nn/modules/|torch/nn/functional\.py|transformers/models/|timm/models/"),
