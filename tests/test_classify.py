@@ -417,6 +417,10 @@ def test_torchrun_failure_table_is_read_as_structure() -> None:
     assert (d.category, d.rule) == ("model_inference", "shape_mismatch")
     assert d.evidence[-1] == "torchrun's failure table: root cause rank 1 (exit code 1); rank 0 ended after it"
     assert read_summary(["RuntimeError: no table here"]) is None
+    silent = classify_text((FIXTURES / "tracebacks-reported" / "cases" / "071.txt").read_text())
+    assert (silent.category, silent.cause) == ("unknown", "rank 1 failed with exit code 1; its error is not in this "
+                                                          "output (torchrun's failure table names it the root cause)")
+    assert silent.remedy.startswith("read rank 1's own output (torchrun --tee 3 or --log-dir keeps it)")
 
 
 def test_one_vocabulary_for_categories_and_phases() -> None:

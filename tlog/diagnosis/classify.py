@@ -12,7 +12,7 @@ import signal as _signal
 from dataclasses import dataclass, replace
 
 from tlog.diagnosis import rules as R
-from tlog.diagnosis.elastic import read_summary
+from tlog.diagnosis.elastic import read_summary, silent_root
 from tlog.diagnosis.parse import CONTROL, TRUNCATED, WRAPPERS, Exc, Frame, parse, parse_stack, rx
 from tlog.diagnosis.remedy import CATEGORY_REMEDY, remedy
 
@@ -361,6 +361,9 @@ def classify(record: FailureRecord) -> Diagnosis:
         told = f"torchrun's failure table: root cause rank {root.rank} ({how})" + (
             f"; {others} ended after it" if others else "")
         diagnosis = replace(diagnosis, evidence=(*diagnosis.evidence, told))
+        if diagnosis.category == R.UNKNOWN and not root.signal:
+            cause, fix = silent_root(root)
+            diagnosis = replace(diagnosis, cause=cause, remedy=fix)
     return diagnosis
 
 

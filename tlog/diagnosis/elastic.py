@@ -84,3 +84,14 @@ def read_summary(lines: list[str]) -> Summary | None:
             break  # the table's closing rule
     close()
     return Summary(tuple(entries)) if entries else None
+
+
+def silent_root(entry: Entry) -> tuple[str, str]:
+    """(cause, remedy) when the table's root-cause rank exited with an error that is not in the output: torchrun
+    prints a rank's traceback only when the script records it, so the rank's own output is where it is."""
+    rank = "a rank" if entry.rank is None else f"rank {entry.rank}"
+    code = "" if entry.exit_code is None else f" with exit code {entry.exit_code}"
+    return (f"{rank} failed{code}; its error is not in this output (torchrun's failure table names it the root "
+            "cause)",
+            f"read {rank}'s own output (torchrun --tee 3 or --log-dir keeps it), or decorate the script's main with "
+            "@record (torch.distributed.elastic.multiprocessing.errors) so the table carries its traceback")
