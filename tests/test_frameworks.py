@@ -4,7 +4,8 @@ Each framework job is one process (or one restarted pair) shared by the checks o
 accumulation (eval and checkpoints every 4 steps), and with accumulation 4, a collator that raises in the first
 attempt and `--restart on-failure`, resumed by Trainer from its newest checkpoint directory; Lightning with
 accumulate_grad_batches 1, and 2 with a shape error in training_step of the first attempt, resumed by fit from
-the newest .ckpt.
+the newest .ckpt; accelerate with accumulation 1, and 4 with a shape error in the first attempt and
+`--resume-arg`, the script's load_state resuming from the newest save_state directory.
 """
 
 from __future__ import annotations
@@ -195,6 +196,80 @@ def test_lightning_checkpoints_and_restart_from_newest_ckpt(lightning_accum1: Li
     starts = [e["data"] for e in lightning_accum2.events if e["kind"] == "attempt" and e["data"]["event"] == "start"]
     assert starts[1].get("resume_checkpoint") == str(ckpt / "epoch=0-step=4.ckpt"), starts
     assert [int(r["step"]) for r in lightning_accum2.rows][-8:] == list(range(5, 13))  # fit resumed at step 4
+
+
+# -- accelerate: the script's own printed lines are the truth --------------------------------------------------------
+
+
+class AccelerateJob:
+    def __init__(self, runner: Runner, name: str, out: Path, stdout: str) -> None:
+        self.runner, self.out = runner, out
+        self.rows = {int(r["step"]): r for r in _metrics(runner.exp(name))}  # a step run again: the later row
+        self.events = runner.events(name)
+        self.errors = json.loads((runner.exp(name) / "training_errors.json").read_text())
+        lines = [line.split() for line in stdout.splitlines()]
+        self.steps = {int(w[1].rstrip(":")): (float(w[3]), float(w[5])) for w in lines if w[:1] == ["step"]}
+        self.evals = {int(w[2].rstrip(":")): float(w[4]) for w in lines if w[:2] == ["eval", "step"]}
+        self.last_line = stdout.splitlines()[-1]
+
+
+def _accelerate_job(factory: pytest.TempPathFactory, name: str, options: tuple[str, ...],
+                    args: tuple[str, ...]) -> AccelerateJob:
+    runner = Runner(factory.mktemp(name))
+    out = runner.cwd / "out"
+    r = runner.run("run", "--name", name, *options, script("accelerate_train.py"), "--out", str(out), *args,
+                   timeout=180)
+    assert r.returncode == 0, r.stderr
+    return AccelerateJob(runner, name, out, r.stdout)
+
+
+@pytest.fixture(scope="module")
+def accelerate_accum1(tmp_path_factory: pytest.TempPathFactory) -> AccelerateJob:
+    return _accelerate_job(tmp_path_factory, "acc1", (), ("--accum", "1"))
+
+
+@pytest.fixture(scope="module")
+def accelerate_accum4(tmp_path_factory: pytest.TempPathFactory) -> AccelerateJob:
+    """Accumulation 4 (steps of 4, 4 and 2 micro-batches an epoch); micro-batch 15 (epoch 1) raises a shape error
+    in the first attempt, after checkpoint_0; the restart hands the script the newest save_state directory."""
+    return _accelerate_job(tmp_path_factory, "acc4", ("--restart", "on-failure", "--restart-on", "all", "--backoff",
+                                                      "0", "--resume-arg", "--resume_from_checkpoint {checkpoint}"),
+                           ("--accum", "4", "--crash-at", "15"))
+
+
+@pytest.mark.parametrize("accum", [1, 4])
+def test_accelerate_loop_matches_its_printed_losses(request: pytest.FixtureRequest, accum: int) -> None:
+    """Every optimizer step's loss (the mean of its micro-batch losses, though accelerate's backward divided each
+    by 4, and the epoch's last step had 2) and lr; each epoch's gathered eval loss (a mean over 10 samples in
+    batches of 4, 4 and 2, the last batch yielded after accelerate's base iterator ended) on its step's row."""
+    job: AccelerateJob = request.getfixturevalue(f"accelerate_accum{accum}")
+    steps_per_epoch = 10 if accum == 1 else 3
+    assert sorted(job.steps) == sorted(job.rows) == list(range(1, 3 * steps_per_epoch + 1))
+    for step, (loss, lr) in job.steps.items():
+        row = job.rows[step]
+        assert math.isclose(float(row["loss"]), loss, rel_tol=1e-6), (step, row["loss"], loss)
+        assert float(row["learning_rate"]) == lr, (step, row["learning_rate"], lr)
+    assert sorted(job.evals) == [steps_per_epoch * e for e in (1, 2, 3)]
+    got = {s: float(r["validation_loss"]) for s, r in job.rows.items() if r["validation_loss"]}
+    assert got.keys() == job.evals.keys()
+    for step, value in job.evals.items():
+        assert math.isclose(got[step], value, rel_tol=1e-6), (step, got[step], value)
+    assert job.last_line == "other frameworks loaded: []"
+
+
+def test_accelerate_save_state_directories_and_restart_from_newest(accelerate_accum1: AccelerateJob,
+                                                                   accelerate_accum4: AccelerateJob) -> None:
+    def saves(job: AccelerateJob) -> list[tuple[int, str, int]]:
+        return [(e["step"], e["data"]["path"], e["attempt"]) for e in job.events if e["kind"] == "checkpoint"]
+
+    dirs = accelerate_accum1.out / "checkpoints"
+    assert saves(accelerate_accum1) == [(10 * e, str(dirs / f"checkpoint_{e - 1}"), 1) for e in (1, 2, 3)]
+    dirs = accelerate_accum4.out / "checkpoints"
+    assert saves(accelerate_accum4) == [(3, str(dirs / "checkpoint_0"), 1), (6, str(dirs / "checkpoint_1"), 2),
+                                        (9, str(dirs / "checkpoint_2"), 2)]
+    assert [(e["category"], e["attempt"]) for e in accelerate_accum4.errors] == [("model_inference", 1)]
+    starts = [e["data"] for e in accelerate_accum4.events if e["kind"] == "attempt" and e["data"]["event"] == "start"]
+    assert starts[1].get("resume_checkpoint") == str(dirs / "checkpoint_0"), starts
 
 
 # -- a nanoGPT-style raw loop: its printed lines are the truth -----------------------------------------------------

@@ -62,12 +62,16 @@ class Side:
     worker processes alive.
     """
 
-    __slots__ = ("hinted", "it", "loader", "losses", "taken")
+    __slots__ = ("hinted", "it", "loader", "losses", "owner", "taken")
 
     def __init__(self, loader: Any, it: Any, hinted: bool) -> None:
         self.loader, self.it, self.hinted = weakref.ref(loader), weakref.ref(it), hinted
         self.losses: list[Any] = []
         self.taken = False
+        # A framework's wrapper of this loader that ends the pass itself and may give its exact value
+        # (accelerate's prefetching loader: its base iterator is exhausted a batch before the pass is; see
+        # frameworks.accelerate): ``owner.value(batch losses)`` -> the pass's value, or None for their mean.
+        self.owner: Any = None
 
     def take(self, result: Any) -> None:
         """The first scalar loss of the current batch; later ones (extra metrics) are not the loss."""
@@ -159,7 +163,7 @@ class Loaders:
 
     def ended(self, it: Any) -> None:
         side = self.probe.side
-        if side is not None and it is side.it():
+        if side is not None and it is side.it() and side.owner is None:
             self.end_side()
 
     # -- side passes --------------------------------------------------------------------------------------
@@ -188,7 +192,10 @@ class Loaders:
         if side.losses and loader is not None:
             probe.report_pending()  # the last training step's row, which the validation value joins
             values = numbers(side.losses)
-            probe.em.send_metrics({self._name(loader): sum(values) / len(values)}, None, None, None, src="auto")
+            value = side.owner.value(values) if side.owner is not None else None
+            if value is None:
+                value = sum(values) / len(values)
+            probe.em.send_metrics({self._name(loader): value}, None, None, None, src="auto")
         probe.idle()
 
     def _close(self) -> None:
