@@ -341,7 +341,7 @@ def test_a_new_restart_count_starts_a_new_round() -> None:
     w = workers((0, 10), (1, 11))
     meta = {"kind": "meta", "rank": 0, "world_size": 2, "data": {"pid": 20, "restart_count": 1}}
     assert w.joined(meta) and w.pids() == {10: 0, 11: 1}
-    w.next_round(1)
+    w = w.next_round(1)
     assert not w.joined(meta) and w.pids() == {20: 0} and w.restart_count == 1
 
 

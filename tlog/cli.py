@@ -131,7 +131,7 @@ def run(
     from tlog.supervisor.options import RunOptions
     from tlog.supervisor.restart import RestartPolicy, check_template
     from tlog.supervisor.scrape import compile_patterns
-    from tlog.supervisor.session import Session
+    from tlog.supervisor.session import prepare
     from tlog.supervisor.torchrun import dist_options
 
     target = target or []
@@ -163,9 +163,8 @@ def run(
                       log_every=log_every, grad_norm=grad_norm, scrape=tuple(scrape or ()),
                       settings=_settings().saved(), dist=dist, notify=tuple(notify or ()),
                       notify_url=tuple(notify_url or ()), export_live=export_live, keep_secrets=keep_secrets)
-    session = Session(opts)
     try:
-        session.prepare()
+        session = prepare(opts)
     except LaunchError as exc:
         raise Fail(str(exc), exc.exit_code) from None
     except ExperimentError as exc:

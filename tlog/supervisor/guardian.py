@@ -60,13 +60,14 @@ class Guardian:
         self._send(END + b"\n")
         if self.proc is not None:
             with contextlib.suppress(OSError):
-                self.proc.stdin.close()
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5.0)
 
     def _send(self, data: bytes) -> None:
         with self._lock:
-            if self.proc is None:
+            if self.proc is None or self.proc.stdin is None:
                 return
             try:
                 self.proc.stdin.write(data)

@@ -22,7 +22,7 @@ Once a process of the run has begun to exit (its atexit handlers ran: the page s
 teardown, which is silent and can be slow, gets the start-up allowance.
 
 When it fires, the session has the child dump every thread's stack (faulthandler registered by the hook on
-the session's STACK_SIGNAL: a real-time signal, SIGUSR1 where there is none) and reads it from stderr with
+``STACK_SIGNAL``: a real-time signal, SIGUSR1 where there is none) and reads it from stderr with
 ``StackCapture``: a dump has no end marker, so its end is a short quiet period on stderr.
 """
 
@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tlog.diagnosis.classify import normalise_phase
+from tlog.hook.crash import signal_number
 from tlog.supervisor.launch import GroupSignaller
 from tlog.supervisor.live import LivePage
 
@@ -49,6 +50,10 @@ FACTOR = 10.0
 FLOOR_S = 300.0
 POLL_S = 0.25
 ENV_FLOOR = "TLOG_HANG_FLOOR_S"
+# faulthandler dumps every thread's stack on it in a hooked child (hang detection is on by default): a real-time
+# signal where there is one, so that a scheduler's SIGUSR1 (Slurm's --signal) keeps its own meaning
+STACK_SIGNAL_NAME = "SIGRTMIN+3" if hasattr(signal, "SIGRTMIN") else "SIGUSR1"
+STACK_SIGNAL: int = signal_number(STACK_SIGNAL_NAME) or signal.SIGUSR1
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,7 @@ class HangDetector:
         if not self.started:
             return rule.startup_s
         if slow:
-            longest = None if self.exiting else self.phase_longest.get(self.phase)
+            longest = None if self.exiting or self.phase is None else self.phase_longest.get(self.phase)
             return rule.startup_s if longest is None else max(rule.floor_s, rule.factor * longest)
         if self.slowest is None:  # no step timed yet (the first one may be compiling)
             return rule.startup_s
@@ -272,7 +277,7 @@ class HangWatch:
     """
 
     def __init__(self, rule: HangRule, signaller: GroupSignaller, say: Callable[[str], None],
-                 dump_signal: int = signal.SIGUSR1, live: LivePage | None = None,
+                 dump_signal: int = STACK_SIGNAL, live: LivePage | None = None,
                  on_limit: Callable[[float], None] | None = None) -> None:
         self.rule = rule
         self.signaller = signaller

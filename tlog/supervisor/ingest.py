@@ -199,16 +199,16 @@ class StreamReader(threading.Thread):
                 self.on_output(self.stream, [log_text(raw.replace(protocol.SEP, b""))])
 
 
-def start_readers(proc: subprocess.Popen, on_events: OnEvents, on_output: OnOutput, terminal: Terminal | None,
-                  on_chunk_done: Callable[[], None]) -> list[StreamReader]:
-    """One reader thread per pipe of ``proc``, each on a private duplicate of the pipe's fd."""
+def open_readers(proc: subprocess.Popen, on_events: OnEvents, on_output: OnOutput, terminal: Terminal | None,
+                 on_chunk_done: Callable[[], None]) -> list[StreamReader]:
+    """One reader thread per pipe of ``proc``, each on a private duplicate of the pipe's fd; not started, so
+    that the caller holds them before a callback can ask for them (an error record reads the stderr tail)."""
     readers = []
     for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        assert pipe is not None  # spawned with both pipes
         fd = os.dup(pipe.fileno())
         pipe.close()
-        reader = StreamReader(fd, stream, on_events, on_output, terminal, on_chunk_done)
-        reader.start()
-        readers.append(reader)
+        readers.append(StreamReader(fd, stream, on_events, on_output, terminal, on_chunk_done))
     return readers
 
 

@@ -15,13 +15,17 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import tlog
 from tlog import protocol
 from tlog.supervisor import proctree
 
+# what signal.signal takes and returns: a function, SIG_DFL/SIG_IGN, or None (set outside Python)
+Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 BOOT_DIR = Path(tlog.__file__).resolve().parent / "hook" / "boot"
 PKG_DIR = Path(tlog.__file__).resolve().parent.parent
 
@@ -119,7 +123,8 @@ class GroupSignaller:
     """Forwards signals to the child's process group with one grace deadline, after which ``kill_tree``
     (every process of the run) is called."""
 
-    def __init__(self, pid: int, grace: float, on_message: callable, kill_tree: callable = lambda: None) -> None:
+    def __init__(self, pid: int, grace: float, on_message: Callable[[str], None],
+                 kill_tree: Callable[[], object] = lambda: None) -> None:
         self.pid = pid
         self.kill_tree = kill_tree
         self.grace = grace
@@ -164,9 +169,43 @@ class GroupSignaller:
             self._timer.cancel()
 
 
-def install_handlers(handler: callable, extra: tuple[int, ...] = ()) -> dict[int, object]:
+class SignalRoute:
+    """Where tlog's signals go: to the running attempt's process group (its ``GroupSignaller``), else kept
+    for the attempt about to start, and a restart waiting out its backoff is woken so that it does not
+    happen.  Lifetime: the run; the handlers run on the main thread, between its bytecodes."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self._target: GroupSignaller | None = None
+        self._wake = threading.Event()
+
+    def on_signal(self, signum: int) -> None:
+        target = self._target
+        if target is None:
+            self.pending = signum
+            self._wake.set()
+        else:
+            target.forward(signum)
+
+    def attach(self, signaller: GroupSignaller) -> None:
+        """An attempt started: signals go to its group from now (one that came before it, at once)."""
+        self._target = signaller
+        if self.pending is not None:
+            signaller.forward(self.pending)
+
+    def detach(self) -> None:
+        self._target = None
+
+    def wait(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless a signal came or comes meanwhile; False when one did."""
+        if self.pending is None:
+            self._wake.wait(seconds)
+        return self.pending is None
+
+
+def install_handlers(handler: Callable[[int], None], extra: tuple[int, ...] = ()) -> dict[int, Handler]:
     """Route SIGINT/SIGTERM/SIGHUP (and ``extra``) to ``handler``; returns the previous handlers."""
-    previous = {}
+    previous: dict[int, Handler] = {}
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *extra):
         try:
             previous[signum] = signal.signal(signum, lambda s, _f: handler(s))
@@ -175,6 +214,6 @@ def install_handlers(handler: callable, extra: tuple[int, ...] = ()) -> dict[int
     return previous
 
 
-def restore_handlers(previous: dict[int, object]) -> None:
+def restore_handlers(previous: dict[int, Handler]) -> None:
     for signum, old in previous.items():
         signal.signal(signum, old)

@@ -88,7 +88,7 @@ def merge(position: dict, now: dict[str, int | None] | None) -> dict:
     page is further on: a death between reports happened at the page's step, epoch and batch, and a phase
     announced at an earlier step (a validation pass) is over once steps ran after it."""
     step = now.get("step") if now is not None else None
-    if step is None or (position.get("step") is not None and position["step"] > step):
+    if now is None or step is None or (position.get("step") is not None and position["step"] > step):
         return position
     if position.get("step") == step:  # same step: fill in what the events lacked
         return {**position, **{k: v for k in ("epoch", "batch") if position.get(k) is None

@@ -58,7 +58,7 @@ class Workers:
 
     def joined(self, event: dict) -> bool:
         """A worker's ``meta`` event; True when it starts a new torchrun round (its restart count is higher):
-        the caller then closes the previous round and calls :meth:`next_round` before feeding it again."""
+        the caller then closes the previous round and feeds it to :meth:`next_round`'s workers."""
         rank, data = event.get("rank"), event["data"]
         if rank is None or "pid" not in data:
             return False
@@ -78,10 +78,9 @@ class Workers:
             if worker.crash is None:  # the first exception a rank reports is its failure
                 worker.crash = event
 
-    def next_round(self, restart_count: int) -> None:
-        self.restart_count = restart_count
-        self.by_rank.clear()
-        self.report.clear()
+    def next_round(self, restart_count: int) -> Workers:
+        """The workers of torchrun's next round: none heard from yet, the same world."""
+        return Workers(restart_count=restart_count, world_size=self.world_size)
 
     def pids(self) -> dict[int, int]:
         """pid -> rank, for the resource monitor's per-rank columns."""
@@ -150,8 +149,8 @@ def is_peer_loss(crash: dict) -> bool:
 def root_cause(workers: Workers) -> Verdict | None:
     """The rank that failed first on its own, or None when no worker reported (the agent itself failed)."""
     ranks = list(workers.by_rank.values())
-    crashed = sorted((w for w in ranks if w.crash is not None), key=lambda w: w.crash.get("t", 0.0))
-    primary = [w for w in crashed if not is_peer_loss(w.crash)]
+    crashed = sorted((w for w in ranks if w.crash is not None), key=lambda w: (w.crash or {}).get("t", 0.0))
+    primary = [w for w in crashed if w.crash is not None and not is_peer_loss(w.crash)]
     signalled = [w for w in ranks if w.crash is None and _died_alone(workers.exit_of(w))]
     reported = workers.report.root_rank()
     if primary:
@@ -161,9 +160,10 @@ def root_cause(workers: Workers) -> Verdict | None:
     elif crashed:
         root = next((w for w in crashed if w.rank == reported), crashed[0])
     else:
-        root = workers.by_rank.get(reported) if reported is not None else None
-        if root is None:
+        found = workers.by_rank.get(reported) if reported is not None else None
+        if found is None:
             return None
+        root = found
     others = [_consequence(w, workers.exit_of(w), root) for w in sorted(ranks, key=lambda w: w.rank) if w is not root]
     return Verdict(root.rank, root.crash, workers.exit_of(root), others,
                    peer_lost=not primary and not signalled and root.crash is not None)
@@ -185,7 +185,7 @@ def _consequence(worker: Worker, exit: WorkerExit | None, root: Worker) -> dict[
         out["exit_code"] = exit.exit_code
     if worker.crash is None and exit is None:
         out["exit"] = f"stopped after rank {root.rank} failed"
-    elif worker.crash is None and exit.signal == 15:
+    elif worker.crash is None and exit is not None and exit.signal == 15:
         out["exit"] = "terminated by torchrun (SIGTERM)"
     return out
 

@@ -173,11 +173,6 @@ class ReportReader:
             self.exits.append(WorkerExit(local, int(m.group(1)), int(m.group(2)), rank, self._host, self._root))
             self._rank = None
 
-    def clear(self) -> None:
-        """A new round of workers (torchrun restarted them): earlier exits belong to the previous round."""
-        self.exits.clear()
-        self._root, self._host, self._rank = False, None, None
-
     def root_rank(self) -> int | None:
         """The rank torchrun named as the root cause (its first observed failure), if it said so."""
         return next((e.rank for e in reversed(self.exits) if e.root_cause), None)
