@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from tlog import protocol
-from tlog.supervisor import launch, restart
+from tlog.supervisor import hang, launch, restart
 from tlog.supervisor.attempt import Attempt, Plan, Seams
 from tlog.supervisor.display import QuietDisplay
 from tlog.supervisor.journal import Journal
@@ -134,15 +135,25 @@ def seams(j: Journal, child: Child) -> Seams:
 def test_an_attempt_joins_its_threads_and_judges_the_exit_from_the_child_not_its_events() -> None:
     j, writer = journal()
     s = seams(j, Child(3, stdout=b"hello\n" + protocol.encode("metrics", {"loss": 1.0}, step=7),
-                                 stderr=crash("bad input")))
-    attempt = Attempt.start(s, Plan(1, ("train.py",), {}))
+                       stderr=crash("bad input")))
+    before = set(threading.enumerate())
+    attempt = Attempt.start(s, Plan(1, ("train.py",), {}, hang_rule=hang.HangRule(60.0)))
     result = attempt.run()
-    assert [r.is_alive() for r in attempt.readers] == [False, False] and s.tree.stops == 1
+    assert set(threading.enumerate()) == before and s.tree.stops == 1  # readers and hang watch joined
     assert (result.status, result.exit_code, result.exit["last_step"]) == ("failed", 3, 7)
     assert result.failure is not None and result.error is not None and "bad input" in result.error["cause"]
     assert writer.output == ["hello"] and {e["attempt"] for e in writer.events} == {1}
     s.signals.on_signal(signal.SIGINT)  # the attempt is over: a signal now waits for the next one, if any
     assert s.signals.pending == signal.SIGINT
+
+
+def test_a_signal_before_the_child_started_is_passed_on_when_it_starts() -> None:
+    j, _ = journal()
+    s = seams(j, Child(-signal.SIGTERM))  # it died of the signal
+    s.signals.on_signal(signal.SIGTERM)
+    result = Attempt.start(s, Plan(1, ("train.py",), {})).run()
+    assert (result.status, result.exit["forwarded_signal"], result.error) == ("killed", "SIGTERM", None)
+    assert result.failure is not None and result.failure.interrupted  # the machine will not restart it
 
 
 def test_a_torchrun_round_is_a_fresh_attempt_inside_the_same_child() -> None:

@@ -9,6 +9,10 @@ the session reports each start and exit and acts on the state it gets back.  A d
 torchrun (``torchrun.DistOptions``): each round of torchrun's own restarts is an attempt too, started
 inside the same child (``Attempt._next_round``).
 
+Threads the session owns, each ended in ``run``'s ``finally``: the monitor's sampler (started by the first
+attempt, stopped at the end), the display's refresh (its context), the guardian process, and the
+notifiers' sends (waited for, bounded).  Signal handlers run on the main thread (``launch.SignalRoute``).
+
 Seams: ``supervise`` takes the machine's edges (spawn, resource monitor, process tree, OOM counter), so a
 test builds a session from a journal over its own writer and drives its attempts without a process.
 """
