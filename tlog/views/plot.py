@@ -109,7 +109,8 @@ def write_plot(exp_dirs: list[Path], output: Path | None, opts: PlotOptions) -> 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with safefile.replacing(out) as f:
-            fig.savefig(f, format=fmt)
+            # zlib level 1: a third of the default level's encoding time for a slightly larger file
+            fig.savefig(f, format=fmt, **({"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}))
     except OSError as exc:
         raise PlotError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
