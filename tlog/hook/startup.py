@@ -26,11 +26,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tlog import protocol
 from tlog.hook import crash, emitter, lifeline, signals
 from tlog.hook.environment import environment
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 ENV_NO_INSTRUMENT = "TLOG_NO_INSTRUMENT"
 ENV_WIRE = "TLOG_WIRE"
@@ -124,7 +129,8 @@ class ImportWatcher:
         if self.callbacks:
             sys.meta_path.insert(0, self)
 
-    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
         callback = self.callbacks.pop(name, None)
         if callback is None:
             return None
@@ -137,7 +143,7 @@ class ImportWatcher:
             return spec
         original = spec.loader.exec_module
 
-        def exec_module(module: object) -> None:
+        def exec_module(module: ModuleType) -> None:
             original(module)
             callback()
 

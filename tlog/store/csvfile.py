@@ -22,7 +22,7 @@ class CsvTable:
         self.path = path
         self.columns: list[str] = list(columns)
         self._template: dict[str, Any] = dict.fromkeys(self.columns)
-        self._file = safefile.open_record(path, text=True)  # owned by this object
+        self._file = safefile.open_record(path)  # owned by this object
         self._writer = csv.writer(self._file)
         self.dropped: set[str] = set()
         if self._file.tell() == 0 and self.columns:
@@ -71,7 +71,7 @@ class CsvTable:
             for old in reader:
                 writer.writerow(old + pad)
         self._file.close()
-        self._file = safefile.open_record(self.path, text=True)
+        self._file = safefile.open_record(self.path)
         self._writer = csv.writer(self._file)
 
     def flush(self) -> None:

@@ -61,7 +61,7 @@ class MetricsRows:
             self._switch(rank)
         if self.pending is not None:
             if step is not None and step == self.key[0] and rank == self.key[1]:
-                self._merge(event, data)
+                self._merge(self.pending, event, data)
                 return
             self._write()
         if self.t0 is None:
@@ -89,23 +89,23 @@ class MetricsRows:
         for name, value in zip(_RANK_STATE, state, strict=True):
             setattr(self, name, value)
 
-    def _merge(self, event: dict, data: dict) -> None:
-        """A second event of the same step: explicit values win over the probe's."""
-        row = self.pending
+    def _merge(self, row: dict[str, Any], event: dict, data: dict) -> None:
+        """A second event of the same step (its ``row`` pending): explicit values win over the probe's."""
         row["_t"] = self.last_t = event["t"]
         for key in ("epoch", "batch"):
             value = event.get(key)
             if value is not None:
                 row[key] = value
-        auto = event.get("src") == "auto"
-        if not auto and not isinstance(self.explicit, set):
-            self.explicit = set()
+        if event.get("src") == "auto":
+            for key, value in data.items():
+                if key not in _DERIVED and key not in self.explicit:
+                    row[key] = value
+            return
+        explicit = self.explicit = self.explicit if isinstance(self.explicit, set) else set()
         for key, value in data.items():
-            if key in _DERIVED or (auto and key in self.explicit):
-                continue
-            row[key] = value
-            if not auto:
-                self.explicit.add(key)
+            if key not in _DERIVED:
+                row[key] = value
+                explicit.add(key)
 
     def resources(self, sample: dict) -> None:
         """The latest resource sample, for the seed's memory columns."""
@@ -134,7 +134,8 @@ class MetricsRows:
             row["total_batches"] = self.total_batches
         row["timestamp"] = self._stamp(t)
         row["training_time"] = round(t - self.t0, 3)
-        own = self.rank_mb.get(row.get("rank")) if self.rank_mb else None
+        rank = row.get("rank")
+        own = self.rank_mb.get(rank) if self.rank_mb and rank is not None else None
         row["memory_usage"] = self.memory_mb if own is None else own[0]
         row["gpu_memory"] = self.gpu_mb if own is None or own[1] is None else own[1]
         self._bests(row)

@@ -85,7 +85,7 @@ class Faults:
     """The store's state of health: one failure (an outage) at a time, reported once, its gap kept."""
 
     def __init__(self) -> None:
-        self.report: Callable[[str], None] = lambda text: sys.stderr.write(f"tlog: {text}\n")
+        self.report: Callable[[str], object] = lambda text: sys.stderr.write(f"tlog: {text}\n")
         self.failing: str | None = None
         self.since = 0.0
         self.lost = 0
@@ -118,11 +118,12 @@ class Faults:
             if self._documents:
                 return
             failed = self.failing
-            gap = {"path": failed, "from": self.since, "to": time.time(), "lost_bytes": self.lost}
+            now = time.time()
+            gap = {"path": failed, "from": self.since, "to": now, "lost_bytes": self.lost}
             self.gaps.append(gap)
             self.failing = None
             lost = f"; {self.lost} bytes could not be kept" if self.lost else ""
-            self.report(f"writing {failed} again after {gap['to'] - gap['from']:.1f} s{lost}")
+            self.report(f"writing {failed} again after {now - self.since:.1f} s{lost}")
 
     def take_gaps(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -169,16 +170,15 @@ def write_record(path: Path, data: bytes) -> None:
 class RecordFile:
     """An append-only file of the record that a failing disk never makes raise: unwritten bytes wait here."""
 
-    def __init__(self, path: Path, text: bool) -> None:
+    def __init__(self, path: Path) -> None:
         _real_dir(path)
         self.path = path
-        self.text = text
         self._fd = os.open(path, _APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
         self._buf = bytearray()
 
     def write(self, data: str | bytes) -> int:
-        if self.text:
+        if isinstance(data, str):
             data = data.encode("utf-8")
         if len(self._buf) + len(data) > MAX_PENDING and FAULTS.failing is not None:
             FAULTS.lost += len(data)
@@ -232,6 +232,7 @@ class RecordFile:
         self.close()
 
 
-def open_record(path: Path, text: bool = False) -> RecordFile:
-    """Open a file of the record for appending (never through a link; see ``RecordFile``)."""
-    return RecordFile(path, text)
+def open_record(path: Path) -> RecordFile:
+    """Open a file of the record for appending (never through a link; see ``RecordFile``); text is written
+    as UTF-8."""
+    return RecordFile(path)

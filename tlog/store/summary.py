@@ -425,6 +425,7 @@ class SummaryBuilder:
                     metric_mode(name, self.modes))
                 copy.add(held[name], step)
                 st = copy
+            assert st is not None  # a name is in the metrics or held
             out[name] = st.to_dict()
         return out
 

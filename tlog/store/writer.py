@@ -50,7 +50,7 @@ class ExperimentWriter:
         self.node = node
         self._lock = threading.Lock()
         self._events = safefile.open_record(self._path(layout.EVENTS))
-        self._log = safefile.open_record(self._path(layout.LOG), text=True)
+        self._log = safefile.open_record(self._path(layout.LOG))
         columns = (*MetricsRows.COLUMNS, "rank") if ranked else MetricsRows.COLUMNS
         self.rows = MetricsRows(CsvTable(self._path(layout.METRICS_CSV), columns))
         self._system: CsvTable | None = None
@@ -155,7 +155,7 @@ class ExperimentWriter:
         """tlog's own message, for training.log (appended to the file after ``close``: what a notifier did)."""
         with self._lock:
             if self.closed:
-                with safefile.open_record(self._path(layout.LOG), text=True) as f:
+                with safefile.open_record(self._path(layout.LOG)) as f:
                     f.write(log_line(time.time(), "[tlog]", text))
                 return
         self.write_output("[tlog]", [text])

@@ -74,10 +74,10 @@ def install(em: Emitter) -> None:
         frameworks.guard(em, "hf", _record, em, self, logs)
 
     @functools.wraps(original_save)
-    def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
+    def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
         target = frameworks.guard(em, "hf", _checkpoint_dir, self, trial)
         save = functools.partial(original_save, self, model, trial, *args, **kwargs)
-        return save() if target is None else frameworks.checkpoint(save, target)
+        return frameworks.checkpoint(save, target) if isinstance(target, str) else save()
 
     @functools.wraps(original_train)
     def train(self: Any, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:

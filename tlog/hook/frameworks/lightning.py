@@ -52,7 +52,7 @@ def install(em: Emitter, package: str) -> None:
         frameworks.guard(em, SRC, _record, em, self.trainer, metrics)
 
     @functools.wraps(original_save)
-    def save_checkpoint(self: Any, filepath: Any, *args: Any, **kwargs: Any) -> None:
+    def save_checkpoint(self: Any, filepath: Any, *args: Any, **kwargs: Any) -> Any:
         save = functools.partial(original_save, self, filepath, *args, **kwargs)
         return frameworks.checkpoint(save, os.fspath(filepath))
 

@@ -251,7 +251,7 @@ def patch_dataloader(probe: Probe) -> Undo:
         return batch
 
     def watch(on: bool) -> None:
-        _BaseDataLoaderIter.__next__ = __next__ if on else original_next
+        _BaseDataLoaderIter.__next__ = __next__ if on else original_next  # type: ignore[assignment]  # wraps()
 
     DataLoader.__iter__ = __iter__
     probe.side_watchers["dataloader"] = watch

@@ -96,6 +96,11 @@ def resume_epoch() -> int:
     return _env_int("TLOG_RESUME_EPOCH")
 
 
+def _no_step_patch(opt: Any) -> OptState:
+    """Only the step patch's hook ends a step of an optimizer, and it brings its own registration."""
+    raise RuntimeError("an optimizer step without tlog's step patch")
+
+
 class Probe:
     """State shared by the patches; each capability switches itself off on its first failure."""
 
@@ -115,7 +120,7 @@ class Probe:
         self.step_loss_seen = False
         self.scaled: tuple[Any, Any] | None = None  # (scaled, unscaled) from the last GradScaler.scale
         self.by_id: dict[int, OptState] = {}  # known optimizers by id (no attribute is set on an optimizer)
-        self.register_optimizer: Callable[[Any], OptState] | None = None  # set by the step patch with its hook
+        self.register_optimizer: Callable[[Any], OptState] = _no_step_patch  # the step patch's, with its hook
         self.loaders: Any = None  # data.Loaders, once the DataLoader patch is in
         # The training iterator's attributes (``vars(it)``), held instead of the iterator: the iterator may be
         # collected as usual (its workers shut down with it: an exception unwinding the loop drops it before
@@ -150,7 +155,7 @@ class Probe:
                 except Exception:  # noqa: BLE001 - half-undone is still better than raising into training
                     pass
         if name in _DEPENDENT:
-            self.window.__init__()
+            self.window.reset()
             self.em.hold = False  # no report will send held calls any more
             self.em.flush_deferred()
 
@@ -206,7 +211,7 @@ class Probe:
             window.stepnos.append(step)
             window.batches.append(self.em.batch)
             window.primary_steps += 1
-            if opt is not None and (lr := opt.param_groups[0].get("lr")) is not owner.lr:
+            if owner is not None and (lr := opt.param_groups[0].get("lr")) is not owner.lr:
                 owner.lr = lr  # the lr this step used (a scheduler sets the next one after it)
                 window.lrs.append((step, lr))
             reporter = self.reporter

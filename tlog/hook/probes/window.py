@@ -12,6 +12,7 @@ report time, in C-speed list operations for the usual loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -54,6 +55,10 @@ def numbers(values: list[Any], extra: tuple | list = ()) -> list[float]:
 
 class Window:
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty, as new, in place: the backward patch holds this object."""
         self.losses: list[Any] = []  # numbers (CPU losses) or detached one-element tensors, in backward order
         self.ends: list[int] = []  # per closed step: where its losses end in ``losses``
         self.owners: list[Any] = []  # per closed step: its optimizer's OptState, None for a bare backward
@@ -94,7 +99,7 @@ class Window:
         ends, owners = self.ends, self.owners
         steps = len(ends)
         if steps == len(values) and ends == list(range(1, steps + 1)):  # one loss per step: the usual loop
-            per_step: list[float | None] = values
+            per_step: Sequence[float | None] = values
         else:
             per_step = [sum(values[a:b]) / (b - a) if b > a else None
                         for a, b in zip([0, *ends[:-1]], ends, strict=True)]
@@ -119,7 +124,7 @@ class Window:
             if bad:
                 out.first_nonfinite_step = self.stepnos[bad[0]]
 
-    def _rows(self, per_step: list[float | None], primary: Any) -> dict[str, list[Any]]:
+    def _rows(self, per_step: Sequence[float | None], primary: Any) -> dict[str, list[Any]]:
         """Per-step columns when steps and losses are not one to one: a step's losses averaged (gradient
         accumulation), each optimizer's under its name, a step without loss None."""
         pos: dict[int, int] = {}
