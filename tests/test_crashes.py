@@ -11,7 +11,7 @@ from conftest import Runner, script
 
 from tlog.diagnosis import failure
 from tlog.supervisor.limits import oom_kill_count
-from tlog.supervisor.options import decide_status
+from tlog.supervisor.options import decide_status, diagnosed_status
 
 SEED_FIELDS = ("category", "phase", "error_message", "timestamp", "epoch", "batch", "recovery_attempted",
                "recovery_successful", "recovery_time")
@@ -174,6 +174,11 @@ def test_recovery_update_is_an_amendment_of_the_record() -> None:
 def test_status_from_the_exit(args: tuple, status: str) -> None:
     assert decide_status(*args) == status
     assert decide_status(*args, hung=True) == "hung"
+
+
+def test_a_sigkill_with_memory_at_its_limit_is_the_oom_killers() -> None:
+    assert diagnosed_status("killed", 9, "memory") == "oom-killed"
+    assert diagnosed_status("killed", 15, "memory") == diagnosed_status("killed", 9, "system") == "killed"
 
 
 # -- tlog classify ----------------------------------------------------------------------------------

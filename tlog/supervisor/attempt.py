@@ -17,14 +17,13 @@ the monitor, the process tree, the signal route, the OOM counter), so a test bui
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tlog.diagnosis import failure
-from tlog.supervisor import hang, launch, options, ranks, restart, scheduler
+from tlog.supervisor import hang, launch, options, ranks, restart
 from tlog.supervisor.ingest import drain, open_readers
 from tlog.supervisor.journal import Journal
 from tlog.supervisor.limits import oom_kill_count
@@ -245,14 +244,11 @@ class Attempt:
         hung = self.hangs is not None and self.hangs.fired
         oom_delta = options.oom_delta(self.oom_before, self.seams.oom_kills())
         status = options.decide_status(exit_code, sig, forwarded, oom_delta, hung=hung)
-        if status == "killed" and forwarded is not None and not hung:
-            status = scheduler.outcome(forwarded) or status  # Slurm's preemption or time limit, not the user
         self.seams.recovery.resolve(status == "finished")
         error = None
         if status != "finished" and (forwarded is None or hung):
             error = self._error_record(rnd, exit_code, sig, oom_delta)
-            if status == "killed" and sig == signal.SIGKILL and error["category"] == "memory":
-                status = "oom-killed"  # no cgroup counter, but RSS at the limit says the OOM killer
+            status = options.diagnosed_status(status, sig, error["category"])
         exit_data = {"event": "exit", "attempt": rnd.number, "exit_code": exit_code, "signal": sig,
                      "signal_name": launch.signal_name(sig) or None, "status": status, "oom_kill_delta": oom_delta,
                      "last_step": self._position(0 if rnd.workers.distributed else None)["step"],

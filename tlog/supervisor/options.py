@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlog.store import layout
-from tlog.supervisor import restart, torchrun
+from tlog.supervisor import restart, scheduler, torchrun
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,25 @@ class RunOptions:
 
 def decide_status(exit_code: int, sig: int | None, forwarded: int | None, oom_delta: int | None = None,
                   hung: bool = False) -> str:
-    """The run's status from how it ended (the hook's opinion does not count)."""
+    """The run's status from how it ended (the hook's opinion does not count); a signal the scheduler sent
+    (Slurm's preemption or time limit) is not the user's kill."""
     if hung:
         return "hung"
     if sig is None and exit_code == 0:
         return "finished"
     if sig == signal.SIGKILL and forwarded is None and oom_delta:
         return "oom-killed"
-    if sig is not None or forwarded is not None:
+    if forwarded is not None:
+        return scheduler.outcome(forwarded) or "killed"
+    if sig is not None:
         return "killed"
     return "failed"
+
+
+def diagnosed_status(status: str, sig: int | None, category: str) -> str:
+    """The status once the failure is classified: a SIGKILL with memory at its limit is the OOM killer's,
+    even where no cgroup counter said so."""
+    return "oom-killed" if status == "killed" and sig == signal.SIGKILL and category == "memory" else status
 
 
 def oom_delta(before: int | None, after: int | None) -> int | None:
