@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import Runner, script
+from tlog.supervisor import limits
 
 
 def _alive(pid: int) -> bool:
@@ -51,12 +52,22 @@ def _kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _unified(pid: int) -> str | None:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next((line[3:].strip() for line in f if line.startswith("0::")), None)
+
+
 def test_sigkill_of_tlog_takes_the_whole_run_with_it(runner: Runner) -> None:
     proc, pids = _start(runner, "wait")
+    base = limits.unified_dir(proc.pid)
+    group = base / f"tlog-{proc.pid}-1" if base is not None else None
     try:
+        if group is not None and group.is_dir():  # a writable cgroup v2 here: every process of the run is in it
+            assert {_unified(p) for p in pids} == {f"{_unified(proc.pid).rstrip('/')}/{group.name}"}
         proc.kill()
         proc.wait(10)
         assert _until(lambda: not any(_alive(p) for p in pids), 2.0), [p for p in pids if _alive(p)]
+        assert group is None or _until(lambda: not group.exists(), 2.0), "the guardian removed the cgroup"
     finally:
         _kill_all(pids)
 

@@ -3,10 +3,11 @@
 ``PR_SET_PDEATHSIG`` kills the child with tlog, but nothing kills the child's
 own children: they would be reparented and train on, unrecorded.  So tlog
 starts, in a session of its own, this stdlib-only process, tells it each of the
-run's sessions on a pipe (``sid start`` lines, from ``proctree.RunTree``), and
-says ``end`` when it leaves normally.  When the pipe closes without ``end``,
-tlog is gone: the guardian kills every process of those sessions
-(``proctree.kill``) and exits.  It reads a pipe and does nothing else, so it
+run's sessions on a pipe (``sid start`` lines, from ``proctree.RunTree``) and
+each attempt's cgroup (``cgroup PATH``), and says ``end`` when it leaves
+normally.  When the pipe closes without ``end``, tlog is gone: the guardian
+kills every process of those cgroups and sessions (``proctree.kill``), removes
+the cgroups and exits.  It reads a pipe and does nothing else, so it
 costs nothing while the run lives.
 """
 
@@ -17,25 +18,36 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from tlog.supervisor import proctree
+from tlog.supervisor.cgroup import RunCgroup
 
 END = b"end"
+CGROUP = b"cgroup "
 
 
 def main() -> None:
     """The guardian process: read sessions until EOF; without ``end`` before it, kill them."""
     sessions = proctree.Sessions()
+    groups: list[RunCgroup] = []
     ended = False
     for line in sys.stdin.buffer:
         if line.strip() == END:
             ended = True
             break
+        if line.startswith(CGROUP):
+            groups.append(RunCgroup(Path(os.fsdecode(line[len(CGROUP):].rstrip(b"\n")))))
+            continue
         with contextlib.suppress(ValueError):
             sid, start = map(int, line.split())
             sessions.add(sid, start)
     if not ended:
+        for group in groups:
+            group.kill()
         proctree.kill(sessions)
+        for group in groups:
+            group.remove()
 
 
 class Guardian:
@@ -54,6 +66,9 @@ class Guardian:
 
     def session(self, sid: int, start: int) -> None:
         self._send(f"{sid} {start}\n".encode())
+
+    def cgroup(self, path: str) -> None:
+        self._send(CGROUP + os.fsencode(path) + b"\n")
 
     def close(self) -> None:
         """tlog is leaving normally, the run already ended: the guardian exits without killing anything."""

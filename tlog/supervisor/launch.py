@@ -4,11 +4,13 @@ The child gets its own session, so a Ctrl-C in the terminal reaches tlog
 alone; tlog forwards it to the whole group (DataLoader workers included),
 waits ``grace`` seconds, then kills the run's whole tree (``proctree``: setsid
 descendants too).  A second Ctrl-C kills at once.  The child is also set to die
-with tlog (``PR_SET_PDEATHSIG``), whatever kills tlog.
+with tlog (``PR_SET_PDEATHSIG``), whatever kills tlog, and enters the attempt's cgroup where there is one
+(``cgroup``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +25,7 @@ from types import FrameType
 import tlog
 from tlog import protocol
 from tlog.supervisor import proctree
+from tlog.supervisor.cgroup import RunCgroup
 
 # what signal.signal takes and returns: a function, SIG_DFL/SIG_IGN, or None (set outside Python)
 Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
@@ -93,14 +96,21 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def spawn(spec: ChildSpec) -> subprocess.Popen:
-    try:
-        return subprocess.Popen(spec.argv, env=spec.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=None, bufsize=0, start_new_session=True,
-                                # two syscalls, no lock nor import: safe with tlog's threads
-                                preexec_fn=proctree.die_with_parent(os.getpid()))  # noqa: PLW1509
-    except OSError as exc:
-        raise LaunchError(f"cannot start {spec.argv[0]}: {exc.strerror or exc}", 127) from None
+def spawn(spec: ChildSpec, group: RunCgroup | None = None) -> subprocess.Popen:
+    """Start the child in its own session, set to die with tlog, inside ``group`` (the attempt's cgroup)."""
+    die = proctree.die_with_parent(os.getpid())
+    with group.entering() if group is not None else contextlib.nullcontext(lambda: None) as enter:
+
+        def preexec() -> None:  # three syscalls, no lock nor import: safe with tlog's threads
+            die()
+            enter()
+
+        try:
+            return subprocess.Popen(spec.argv, env=spec.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=None, bufsize=0, start_new_session=True,
+                                    preexec_fn=preexec)  # noqa: PLW1509
+        except OSError as exc:
+            raise LaunchError(f"cannot start {spec.argv[0]}: {exc.strerror or exc}", 127) from None
 
 
 def exit_status(returncode: int) -> tuple[int, int | None]:

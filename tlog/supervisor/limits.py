@@ -103,6 +103,14 @@ def memory_scope(pid: int | None = None) -> MemoryScope:
     return MemoryScope(None, ())
 
 
+def unified_dir(pid: int | None = None) -> Path | None:
+    """``pid``'s (default: this process's) cgroup directory in the unified (v2) hierarchy, where it is
+    mounted here; None on a v1-only host or when it is not visible."""
+    memberships = _memberships(f"/proc/{pid if pid is not None else 'self'}/cgroup")
+    chain = _chain(memberships.get("2"), _cgroup_mounts().get("2"))
+    return chain[0] if chain else None
+
+
 def memory_limit(pid: int | None = None) -> tuple[int, str]:
     """The memory limit binding ``pid`` (default: this process) in bytes, and its source label."""
     return memory_scope(pid).limit()

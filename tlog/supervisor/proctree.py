@@ -13,7 +13,9 @@ so a reused session id never makes an unrelated process a target.
 Kernel help, where Linux offers it: the child gets ``PR_SET_PDEATHSIG`` (it is
 killed the moment tlog dies, even by SIGKILL), and tlog is a child subreaper,
 so an orphaned descendant is reparented to tlog (still findable by its parent
-link, and reaped by tlog) instead of to init.
+link, and reaped by tlog) instead of to init.  Where tlog can make a cgroup v2 for
+the attempt (``cgroup``), its processes are members too, whatever they did, and
+``cgroup.kill`` ends them all at once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import NamedTuple
+
+from tlog.supervisor.cgroup import RunCgroup
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -147,13 +152,27 @@ class RunTree:
     to ``on_session``, the guardian), orphans that tlog inherited as subreaper reaped, all of it killed at
     the end."""
 
-    def __init__(self, on_session: Callable[[int, int], None] = lambda _sid, _start: None) -> None:
+    def __init__(self, on_session: Callable[[int, int], None] = lambda _sid, _start: None,
+                 on_cgroup: Callable[[str], None] = lambda _path: None) -> None:
         self.sessions = Sessions()
         self.on_session = on_session
+        self.on_cgroup = on_cgroup
         self.child: Proc | None = None
+        self.cgroup: RunCgroup | None = None
+        self._attempts = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def contain(self, base: Path | None = None) -> RunCgroup | None:
+        """The next attempt's cgroup (v2, where tlog may make one; ``base`` stands in for tlog's own cgroup),
+        for its child to enter: every process of the attempt is then in it, whatever it does; told to
+        ``on_cgroup`` (the guardian)."""
+        self._attempts += 1
+        self.cgroup = RunCgroup.create(self._attempts, base)
+        if self.cgroup is not None:
+            self.on_cgroup(str(self.cgroup.path))
+        return self.cgroup
 
     def adopt(self, pid: int) -> None:
         """The attempt's child (started as a session leader: its session id is its pid, even if it has
@@ -169,17 +188,21 @@ class RunTree:
         self._thread.start()
 
     def stop(self) -> None:
+        """The attempt is over: scanning stops; its cgroup's leftovers are killed and the cgroup removed."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
 
     def scan(self) -> set[int]:
         """One pass: the run's live processes now; new sessions among them recorded; inherited orphans
         that have exited reaped."""
         procs = scan()
         with self._lock:
-            members = self.sessions.members(procs, self._orphans(procs))
+            members = self.sessions.members(procs, self._roots(procs))
             for pid in members:
                 p = procs[pid]
                 if p.sid == p.pid:
@@ -190,7 +213,9 @@ class RunTree:
     def kill(self) -> set[int]:
         """SIGKILL the whole run (setsid descendants and orphans included); returns the pids signalled."""
         with self._lock:
-            hit = kill(self.sessions, self._orphans)
+            if self.cgroup is not None:
+                self.cgroup.kill()
+            hit = kill(self.sessions, self._roots)
             self._reap(scan())
             return hit
 
@@ -204,6 +229,11 @@ class RunTree:
     def _record(self, sid: int, start: int) -> None:
         if self.sessions.add(sid, start):
             self.on_session(sid, start)
+
+    def _roots(self, procs: dict[int, Proc]) -> list[int]:
+        """The run's processes that its sessions may not hold: orphans reparented here, and (where there is one)
+        everything in the attempt's cgroup."""
+        return [*self._orphans(procs), *(self.cgroup.pids() if self.cgroup is not None else ())]
 
     def _orphans(self, procs: dict[int, Proc]) -> list[int]:
         """Processes reparented to tlog (its children started after this attempt's child, other than that

@@ -108,10 +108,10 @@ class Session:
         monitor = self._monitor(nvml)
         proctree.become_subreaper()  # the run's orphans stay findable (and are reaped) here
         guardian = Guardian()  # ends the run if tlog dies
-        tree = proctree.RunTree(lambda sid, start: self._new_session(guardian, tree, sid, start))
+        tree = proctree.RunTree(lambda sid, start: self._new_session(guardian, tree, sid, start), guardian.cgroup)
         try:
             with self.journal.display:
-                result = self.supervise(monitor, tree)
+                result = self.supervise(monitor, tree, lambda spec: launch.spawn(spec, tree.contain()))
             status = result.status
             return result.exit_code
         finally:
