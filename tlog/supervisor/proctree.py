@@ -213,9 +213,11 @@ class RunTree:
     def kill(self) -> set[int]:
         """SIGKILL the whole run (setsid descendants and orphans included); returns the pids signalled."""
         with self._lock:
-            if self.cgroup is not None:
+            hit: set[int] = set()
+            if self.cgroup is not None:  # all at once; counted from the list before, as they are gone at once
+                hit = set(self.cgroup.pids())
                 self.cgroup.kill()
-            hit = kill(self.sessions, self._roots)
+            hit |= kill(self.sessions, self._roots)
             self._reap(scan())
             return hit
 
