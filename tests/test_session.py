@@ -9,6 +9,7 @@ import itertools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,9 +113,9 @@ def meta(rank: int, pid: int, restart_count: int) -> bytes:
     return protocol.encode("meta", {"pid": pid, "restart_count": restart_count}, rank=rank, world_size=2)
 
 
-def journal() -> tuple[Journal, Writer]:
+def journal(clock: Callable[[], float] = time.time) -> tuple[Journal, Writer]:
     writer, state = Writer(), ViewState()
-    return Journal(writer, QuietDisplay(state), state), writer  # type: ignore[arg-type]
+    return Journal(writer, QuietDisplay(state), state, clock=clock), writer  # type: ignore[arg-type]
 
 
 def spawner(children: list[Child]) -> tuple[list[Child], Callable[[launch.ChildSpec], Child]]:
@@ -214,3 +215,15 @@ def test_a_signal_during_the_backoff_cancels_the_restart() -> None:
     result = run.supervise(Monitor(), Tree(), spawn, lambda: None)  # type: ignore[arg-type]
     assert len(spawned) == 1 and run.machine.state is restart.State.FAILED and result.attempt == 1
     assert writer.of("attempt", event="stop")[0]["data"]["stop_reason"] == "interrupted while waiting to restart"
+
+
+def test_the_next_attempt_past_the_failing_step_amends_the_failure_as_recovered() -> None:
+    t0 = 1_800_000_000.0
+    j, writer = journal(clock=lambda: t0)  # the failure is recorded at t0
+    run = session(j, RESTART)
+    _, spawn = spawner([Child(1, stdout=protocol.encode("metrics", {"loss": 1.0}, step=3), stderr=crash("x")),
+                        Child(0, stdout=protocol.encode("metrics", {"loss": 0.5}, step=4, t=t0 + 2.5))])
+    assert run.supervise(Monitor(), Tree(), spawn, lambda: None).status == "finished"  # type: ignore[arg-type]
+    update = next(e for e in writer.events if e["kind"] == "error" and "update_of" in e["data"])
+    assert (update["attempt"], update["data"]["recovery_successful"], update["data"]["recovery_time"]) == (2, True, 2.5)
+    assert "attempt 2 got past step 3: recovered from the attempt 1 failure in 2.5 s" in writer.messages

@@ -7,9 +7,6 @@ failing one, or by that attempt's end, whichever comes first.  ``restart.Recover
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from tlog.diagnosis import failure
 from tlog.supervisor.journal import Journal
 from tlog.supervisor.restart import RecoveryWatch
@@ -18,14 +15,13 @@ from tlog.supervisor.restart import RecoveryWatch
 class Recovery:
     """The one open watch (at most one: a new failure replaces it)."""
 
-    def __init__(self, journal: Journal, clock: Callable[[], float] = time.time) -> None:
-        self.journal = journal
-        self.clock = clock
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal  # its clock is the run's
         self._watch: RecoveryWatch | None = None
 
     def watch(self, error: dict) -> None:
         """An attempt failed with ``error`` and the next one is starting: follow it."""
-        self._watch = RecoveryWatch(error, self.clock())
+        self._watch = RecoveryWatch(error, self.journal.clock())
 
     def check(self, events: list[dict]) -> None:
         """The running attempt's events: resolved as recovered at the first step past the failing one."""
@@ -39,7 +35,7 @@ class Recovery:
         if watch is None:
             return
         update = failure.recovery_update(watch.error, successful=successful,
-                                         recovered_t=self.clock() if t is None else t, failed_t=watch.failed_t)
+                                         recovered_t=self.journal.clock() if t is None else t, failed_t=watch.failed_t)
         self.journal.emit("error", update)
         if successful:
             past = f"past step {watch.step}" if watch.step is not None else "through"
