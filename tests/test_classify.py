@@ -566,3 +566,19 @@ def test_cuda_oom_remedy_quotes_the_monitors_gpu_peak_and_a_shape_remedy_names_b
                                       "at non-singleton dimension 3"))
     assert d.remedy.startswith("make the shapes agree at net.py:12 in forward: tensor a has 32 and tensor b has 16 "
                                "at dimension 3"), d.remedy
+
+
+@pytest.mark.parametrize("prefix", ["[rank3]: ", "[default1]:", "2024-05-01 10:00:17,123 - ERROR - "])
+def test_a_prefix_on_every_line_is_the_logs_not_the_texts(prefix: str) -> None:
+    """An excerpt pasted from mid-stack (no Traceback line to learn the prefix from), each line led by a rank tag or
+    a logger's timestamp: the frames are still read (the closure's forward), and so is torchrun's table."""
+    text = _traceback(WRAPPERS["lightning"] + USER_FORWARD,
+                      "RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x3 and 4x2)").split("\n", 1)[1]
+    lines = text.splitlines()
+    d = classify_text("\n".join(prefix.replace("17", str(10 + i % 50)) + line for i, line in enumerate(lines)))
+    assert (d.category, d.phase) == ("model_inference", "forward_pass"), d.evidence
+    table = (FIXTURES / "tracebacks-reported" / "cases" / "013.txt").read_text()
+    assert classify_text("\n".join(prefix + line for line in table.splitlines())).category == "model_inference"
+    keys = "\n".join(f"\tsize mismatch for layer{i}.weight: copying a param with shape torch.Size([16, 64]) from "
+                     "checkpoint, the shape in current model is torch.Size([16, 16])." for i in range(8))
+    assert classify_text("RuntimeError: Error(s) in loading state_dict for Net:\n" + keys).category == "checkpoint"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from tlog.diagnosis import rules as R
 from tlog.diagnosis.elastic import read_summary, silent_root
-from tlog.diagnosis.parse import CONTROL, TRUNCATED, WRAPPERS, Exc, Frame, parse, parse_stack, rx
+from tlog.diagnosis.parse import TRUNCATED, WRAPPERS, Exc, Frame, log_lines, parse, parse_stack, rx
 from tlog.diagnosis.remedy import CATEGORY_REMEDY, remedy
 
 
@@ -345,7 +345,7 @@ def classify(record: FailureRecord) -> Diagnosis:
         for event in events:  # the hook's event carries no frames; borrow them from its printed traceback
             event.frames = next((e.frames for e in excs if e.short_type == event.short_type and e.frames), [])
         excs = sorted(events + excs, key=lambda e: bool(WRAPPERS.search(e.text)))
-    lines = [(f"stderr line {n}", t) for n, t in enumerate(CONTROL.sub("", record.stderr_tail or "").splitlines(), 1)]
+    lines = [(f"stderr line {n}", t) for n, t in enumerate(log_lines(record.stderr_tail or ""), 1)]
     sig = _death_signal(record)
     table = read_summary([t for _, t in lines])
     root = table.root if table else None

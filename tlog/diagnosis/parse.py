@@ -38,6 +38,10 @@ _LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|/lib/Python\d|
 WRAPPERS = re.compile(r"in DataLoader worker process|in replica \d+ on device|ChildFailedError|"
                       r"ProcessRaisedException|ProcessExitedException")
 _RANK_PREFIX = re.compile(r"^\s*\[?(?:rank|RANK)?\s*\d+\]?:")
+_PREFIX_CUT = re.compile(r"[\]:|>-]")  # where a log prefix ends: "[rank3]:", "10:00:01,123 - ERROR -", "I1018 ...]"
+_PREFIX_START = re.compile(r"[\[(\d]|[IWEF]\d")  # how a rank tag, a timestamp or a glog line begins
+_PROSE = re.compile(r"\t|[A-Za-z]{2,} [A-Za-z]{2,}")  # message text, not a prefix
+_UNIFORM = 0.9  # share of the non-blank lines a prefix must lead for it to be the log's, not the text's
 TRUNCATED = "(traceback cut off)"
 CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _MAX_MESSAGE_LINES = 60
@@ -229,10 +233,38 @@ def _normalise(lines: list[str]) -> list[str]:
     return out
 
 
+def _uniform_prefix(lines: list[str]) -> re.Pattern[str] | None:
+    """A prefix that leads nearly every line (one rank's ``[rank3]:``, a logger's timestamp and level), digits
+    loose: stripped before reading, so an excerpt pasted from mid-stack, with no ``Traceback`` line to learn the
+    prefix from, still shows its frames.  It must begin like one (``_PREFIX_START``), so a repetitive message
+    (a state dict's key list) and indentation stay."""
+    body = [line for line in lines if line.strip()]
+    if len(body) < 3:
+        return None
+    first = body[0]
+    for cut in sorted((m.end() for m in _PREFIX_CUT.finditer(first[:80])), reverse=True):
+        head = first[:cut]
+        if not _PREFIX_START.match(head) or _PROSE.search(head):
+            continue
+        loose = re.compile(re.sub(r"\d+", r"\\d+", re.escape(head)) + " ?")  # and the space that follows it
+        if sum(1 for line in body if loose.match(line)) >= _UNIFORM * len(body):
+            return loose
+    return None
+
+
+def log_lines(text: str) -> list[str]:
+    """The output's lines as the program printed them: colours and control characters gone, and a prefix that
+    leads nearly every line (``_uniform_prefix``) taken off, so rules and the torchrun table reader see one
+    layout."""
+    raw = CONTROL.sub("", text).splitlines()
+    prefix = _uniform_prefix(raw)
+    return [prefix.sub("", line, count=1) for line in raw] if prefix is not None else raw
+
+
 def parse(text: str, label: str = "text") -> list[Exc]:
     """All exceptions in a blob of output, root cause first: chains oldest first, and an exception
     re-raised by a wrapper (DataLoader worker, torchrun, mp.spawn) after the original it wraps."""
-    lines = _normalise(CONTROL.sub("", text).splitlines())
+    lines = _normalise(log_lines(text))
     found: list[Exc] = []
     i = 0
     while i < len(lines):
