@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,20 @@ def test_the_store_never_writes_through_a_planted_link(runner: Runner, tmp_path:
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         safefile.open_append(exp / "events.jsonl")
     assert victim.read_text() == "mine"
+
+
+def test_a_cache_directory_planted_as_a_link_is_neither_written_nor_read(tmp_path: Path) -> None:
+    exp = tmp_path / "p"
+    write_run(tmp_path, "p", run_events(30))
+    real = columns.read(exp).get("loss").tolist()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "0.f8").write_bytes(b"a colleague's data")
+    for link in (exp / ".tlog", exp / columns.DIRNAME):  # the cache directory, or the one above it
+        shutil.rmtree(exp / ".tlog", ignore_errors=True)
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(theirs, target_is_directory=True)
+        assert columns.read(exp).get("loss").tolist() == real
+        assert sorted(p.name for p in theirs.iterdir()) == ["0.f8"], "no lock, no index, nothing truncated"
+        assert (theirs / "0.f8").read_bytes() == b"a colleague's data"
+        link.unlink()

@@ -314,12 +314,14 @@ def update(exp_dir: Path, budget_s: float | None = None, persist: bool = True) -
     """Bring the columns up to date with events.jsonl (within ``budget_s`` when given) and return the scan.
 
     With ``persist`` and the lock, new points are appended to the files and the index saved; otherwise (a
-    read-only directory, another updater busy) they stay in the returned scan's buffers.
+    read-only directory, another updater busy, a cache directory that is a link) they stay in the returned
+    scan's buffers.
     """
     events = exp_dir / layout.EVENTS
     cdir = columns_dir(exp_dir)
-    with _locked(cdir, persist) as owned:
-        scan = _resume(cdir, events, owned)
+    trusted = not safefile.linked(cdir, exp_dir)  # a link planted in a shared log dir: neither read nor written
+    with _locked(cdir, persist and trusted) as owned:
+        scan = _resume(cdir, events, owned) if trusted else Scan(None)
         deadline = None if budget_s is None else time.monotonic() + budget_s
         scan.scan(events, deadline, _Sink(cdir) if owned else None)
         if owned:

@@ -33,6 +33,15 @@ from tlog import protocol
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
+def linked(path: Path, top: Path) -> bool:
+    """Whether ``path``, or a directory between ``top`` (the user's own choice) and it, is a symbolic link."""
+    while path != top and path != path.parent:
+        if path.is_symlink():
+            return True
+        path = path.parent
+    return False
+
+
 def _real_dir(path: Path) -> None:
     if path.parent.is_symlink():
         raise OSError(errno.ELOOP, "the directory is a symbolic link; not writing through it", str(path.parent))
