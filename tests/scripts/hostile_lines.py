@@ -67,10 +67,21 @@ def hostile(rng: random.Random) -> bytes:
     return rng.choice((b"@tlog ", b"\x1e@tlog ", b"partial \x1e@tlog ")) + text
 
 
+# the lines that ended runs before (issue 15), sent first, whatever the seed
+KNOWN = tuple(b"@tlog " + json.dumps(e).encode() for e in (
+    {"kind": "metrics", "t": 1e20, "data": {"loss": 1.0}},
+    {"kind": "metrics", "step": 1e300, "epoch": 1e30, "rank": 10 ** 30, "data": {"loss": 1.0}},
+    {"kind": "warning", "data": {"message": {"a": 1}, "category": {"b": [2]}}},
+    {"kind": "metrics", "step": 1, "data": {"k" * 5000: 1.0}},
+    {"kind": "config", "data": {"seed": 1 << 64}},
+))
+
+
 def main() -> None:
     count, seed = int(sys.argv[1]), int(sys.argv[2])
     rng = random.Random(seed)
     out = sys.stdout.buffer
+    out.write(b"\n".join(KNOWN) + b"\n")
     for i in range(count):
         if i % 100 == 0:
             out.write(f"own {i}\n".encode())
