@@ -45,6 +45,7 @@ def test_values_json_cannot_hold_are_converted_and_recording_goes_on(runner: Run
     assert "opaque" not in config and config["nested"] == {"deep": [str(1 << 80), "inf"]}
     summary = json.loads((exp / "training_summary.json").read_text())
     assert summary["metrics"]["loss"]["count"] == 5 and summary["metrics"]["count"]["last"] == float(1 << 90)
+    assert config["api_seed"] == str(1 << 70) and summary["metrics"]["api_big"]["last"] == float(1 << 100), "seed API"
     warnings = [e["data"]["message"] for e in runner.events("odd") if e["kind"] == "warning"]
     assert len([w for w in warnings if "config event" in w]) == 1, "one warning for the config events"
     assert len([w for w in warnings if "metrics event" in w]) == 1, "one, not one per step"
