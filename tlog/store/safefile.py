@@ -35,7 +35,7 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O
 
 def linked(path: Path, top: Path) -> bool:
     """Whether ``path``, or a directory between ``top`` (the user's own choice) and it, is a symbolic link."""
-    while path != top and path != path.parent:
+    while path not in (top, path.parent):
         if path.is_symlink():
             return True
         path = path.parent
