@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tlog.store import layout
+from tlog.report import load_summary
+from tlog.store import columns, layout
 from tlog.store.csvfile import CsvTable
 from tlog.store.reader import ReadStats, iter_events
 from tlog.store.writer import ExperimentWriter
@@ -48,6 +49,26 @@ def test_writer_merges_explicit_over_auto_in_one_row(tmp_path: Path) -> None:
     assert [(r["step"], r["loss"], r["accuracy"], r["best_loss"]) for r in rows] == [
         ("1", "0.8", "0.5", "0.8"), ("2", "0.7", "0.6", "0.7")]
     assert rows[1]["training_time"] == "1.1"
+
+
+def test_explicit_beats_auto_at_its_step_in_csv_columns_and_summary(tmp_path: Path) -> None:
+    """The one rule (tlog.store.stepmerge) as each fold applies it, whichever of the two comes first."""
+    w = ExperimentWriter(tmp_path / "e")
+    w.write_events([
+        {"kind": "metrics", "t": 1.0, "step": 1, "src": "auto", "data": {"loss": 0.9}},
+        {"kind": "metrics", "t": 1.1, "step": 1, "data": {"loss": 0.8}},
+        {"kind": "metrics", "t": 2.0, "step": 2, "data": {"loss": 0.95}},
+        {"kind": "metrics", "t": 2.1, "step": 2, "src": "auto", "data": {"loss": 0.1}},
+        {"kind": "metrics", "t": 3.0, "step": 3, "src": "auto", "data": {"loss": 0.5}},
+        {"kind": "metrics", "t": 3.1, "step": 3, "src": "auto", "data": {"loss": 0.6}},
+    ])
+    w.close("finished")
+    rows = list(csv.DictReader(open(tmp_path / "e" / layout.METRICS_CSV, newline="")))
+    assert [(r["step"], r["loss"]) for r in rows] == [("1", "0.8"), ("2", "0.95"), ("3", "0.6")]
+    points = columns.read(tmp_path / "e").get("loss")
+    assert points[:, columns.Columns.VALUE].tolist() == [0.8, 0.95, 0.6]
+    loss = load_summary(tmp_path / "e")["metrics"]["loss"]
+    assert (loss["count"], loss["min"], loss["max"], loss["last"]) == (3, 0.6, 0.95, 0.6)
 
 
 def test_names_are_claimed_atomically(tmp_path: Path) -> None:

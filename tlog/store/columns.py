@@ -13,8 +13,8 @@ Layout of ``<exp>/.tlog/columns/``::
     lock         flock: one updater at a time
 
 A series has one point per step: when two metrics events of one step carry the same metric (the probe's
-loss, then the script's own ``tlog.log(loss=...)``), the explicit value wins over the auto-captured one, as
-in training_metrics.csv; so each series' last point stays pending (in index.json) until the next step.
+loss, then the script's own ``tlog.log(loss=...)``), the explicit value wins over the auto-captured one
+(``tlog.store.stepmerge``); so each series' last point stays pending (in index.json) until the next step.
 Resource samples become ``system/<key>`` series placed at the step and epoch reached when they were taken.
 
 Who updates: the writer every few seconds and at close, within a small time budget (so a run logging at
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog import protocol
-from tlog.store import layout, safefile
+from tlog.store import layout, safefile, stepmerge
 from tlog.store.safefile import write_json
 
 VERSION = 2
@@ -131,7 +131,7 @@ class Scan:
         if attempt != self.attempt:
             self._new_attempt(attempt)
         step = event.get("step")
-        flags = 0 if event.get("src") == "auto" else _EXPLICIT
+        flags = _EXPLICIT if stepmerge.is_explicit(event) else 0
         if step is None:
             step = self.step if self.step is not None else self.events
         else:
@@ -160,7 +160,7 @@ class Scan:
             p = series.pending
             if p is not None:
                 if flags & _HAS_STEP and series.flags & _HAS_STEP and p[0] == step:
-                    if flags & _EXPLICIT or not series.flags & _EXPLICIT:  # explicit wins; else the last
+                    if stepmerge.replaces(bool(flags & _EXPLICIT), bool(series.flags & _EXPLICIT)):
                         series.pending, series.flags = (step, epoch, t, value), flags
                     continue
                 series.buf.extend(p)

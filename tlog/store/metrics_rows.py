@@ -2,7 +2,7 @@
 
 Metrics events of the same step (the probe's loss and the script's own
 ``tlog.log(accuracy=...)``) merge into one row; an explicit value wins over an
-auto-captured one of the same name.  The row is written when the next step
+auto-captured one of the same name (``tlog.store.stepmerge``).  The row is written when the next step
 begins, so a row is complete when it reaches the file.  The seed's derived
 columns (training_time, best_loss, best_accuracy, patience_counter,
 memory_usage, gpu_memory) are filled here.
@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from tlog.protocol import number
+from tlog.store import stepmerge
 from tlog.store.csvfile import CsvTable
 
 SEED_COLUMNS = (
@@ -76,7 +77,7 @@ class MetricsRows:
         row["_t"] = self.last_t = event["t"]
         self.pending = row
         self.key = (step, rank)
-        self.explicit = () if event.get("src") == "auto" else set(data)
+        self.explicit = set(data) if stepmerge.is_explicit(event) else ()
         if step is None:
             self._write()
 
@@ -96,14 +97,14 @@ class MetricsRows:
             value = event.get(key)
             if value is not None:
                 row[key] = value
-        if event.get("src") == "auto":
+        if not stepmerge.is_explicit(event):
             for key, value in data.items():
-                if key not in _DERIVED and key not in self.explicit:
+                if key not in _DERIVED and stepmerge.replaces(False, key in self.explicit):
                     row[key] = value
             return
         explicit = self.explicit = self.explicit if isinstance(self.explicit, set) else set()
         for key, value in data.items():
-            if key not in _DERIVED:
+            if key not in _DERIVED:  # an explicit value replaces what the step held (stepmerge.replaces)
                 row[key] = value
                 explicit.add(key)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tlog.direction import config_modes, metric_mode
 from tlog.protocol import number
-from tlog.store import rankstats, spike
+from tlog.store import rankstats, spike, stepmerge
 
 _PEAK_KEYS = {"rss_max_mb": "rss_mb", "rss_peak_mb": "rss_mb", "mem_limit_mb": "mem_limit_mb"}
 _CONTEXT_KEYS = frozenset({"total_batches", "total_epochs"})
@@ -234,7 +234,7 @@ class SummaryBuilder:
             for key, value in held.items():
                 self._fold(key, value, held_step)
             held.clear()
-        auto = event.get("src") == "auto"
+        auto = not stepmerge.is_explicit(event)
         explicit = self.explicit_step
         if not auto and step is not None and explicit[0] != step:
             explicit[0], explicit[1] = step, []
@@ -247,10 +247,10 @@ class SummaryBuilder:
             if step is None:
                 self._fold(key, value, step)
             elif auto:
-                if explicit[0] != step or key not in explicit[1]:  # else an explicit value of this step won
+                if stepmerge.replaces(False, explicit[0] == step and key in explicit[1]):
                     held[key] = value
                     self.held_auto[0] = step
-            else:
+            else:  # folded at once: only a later explicit value could replace it (stepmerge.replaces)
                 explicit[1].append(key)
                 held.pop(key, None)  # the probe's value of this step, replaced
                 self._fold(key, value, step)
