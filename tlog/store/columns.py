@@ -432,7 +432,7 @@ class Columns:
         saved = 0
         if series.n:
             with open(self.dir / f"{series.id}.f8", "rb") as f:
-                saved = (f.readinto(memoryview(flat[: series.n * 4]).cast("B")) or 0) // 32 * 4
+                saved = (f.readinto(flat[: series.n * 4].data.cast("B")) or 0) // 32 * 4
         rest = flat[saved:saved + len(series.buf) + len(pending)]
         rest[: len(series.buf)] = np.frombuffer(series.buf, dtype=np.float64)
         rest[len(series.buf):] = pending
