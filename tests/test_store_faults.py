@@ -66,6 +66,9 @@ def test_out_of_range_option_is_refused(runner: Runner) -> None:
     res = runner.run("run", "--monitor-interval", "-1", "--", "true")
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "tlog: error: Invalid value for '--monitor-interval': Input should be greater than or equal to 0.01"]
+    res = runner.run("run", "--grace", "inf", "--", "true")  # a timer that long raised when Ctrl-C started it
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "tlog: error: Invalid value for '--grace': Input should be less than or equal to 604800"]
     assert not runner.log_dir.exists()
 
 
