@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Runner, clean_env, script, tlog_cmd
+from conftest import ROOT, Runner, clean_env, script, tlog_cmd
 
+from tlog import protocol
 from tlog.store.metrics_rows import SEED_COLUMNS
 
 
@@ -249,3 +251,24 @@ def test_plain_python_writes_the_same_layout(tmp_path: Path) -> None:
     assert json.loads((exp / "training_config.json").read_text()) == {"lr": 0.1}
     summary = json.loads((exp / "training_summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 5
+
+
+def test_a_child_with_another_tlog_is_named_in_one_line_and_still_recorded(runner: Runner) -> None:
+    """A training process whose own environment imports another tlog (here: a copy speaking version 0) is
+    told apart at its first event: one line on stderr and in training.log; its metrics are recorded."""
+    other = runner.cwd / "other"
+    shutil.copytree(ROOT / "tlog", other / "tlog", ignore=shutil.ignore_patterns("__pycache__"))
+    copy = other / "tlog" / "protocol.py"
+    copy.write_text(copy.read_text().replace(f"\nVERSION = {protocol.VERSION}\n", "\nVERSION = 0\n"))
+    child = runner.cwd / "child.py"
+    child.write_text("import tlog\nfor i in range(3):\n    tlog.log(loss=1.0 / (i + 1), step=i + 1)\n")
+    res = runner.run("run", "--name", "other", "--", "sh", "-c",
+                     f'PYTHONPATH="$PYTHONPATH:{other}" exec {sys.executable} {child}')
+    assert res.returncode == 0, res.stderr
+    line = (f"the training process imports the tlog at {other / 'tlog'} (protocol version 0), this tlog speaks "
+            f"version {protocol.VERSION}")
+    said = [x for x in res.stderr.splitlines() if "protocol version" in x]
+    assert len(said) == 1 and line in said[0], res.stderr
+    assert line in (runner.exp("other") / "training.log").read_text()
+    rows = [e for e in runner.events("other") if e["kind"] == "metrics" and "loss" in e["data"]]
+    assert [(e["step"], e["data"]["loss"]) for e in rows] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
+from pathlib import Path
 
 import orjson
 import pytest
 
 from tlog import protocol
 from tlog.supervisor.ingest import LineSplitter, log_text
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_encode_decode_roundtrip_with_nonfinite() -> None:
@@ -156,3 +161,21 @@ def test_window_steps_columns_are_validated_and_expanded() -> None:
     splitter = LineSplitter()
     events, out, _ = splitter.feed(b'@tlog {"kind":"metrics","data":{},' + bad[0] + b"}\n")
     assert events == [] and splitter.malformed == 1 and len(out) == 1  # kept as output, counted, no raise
+
+
+def test_every_tlog_environment_name_is_declared_in_protocol() -> None:
+    """The contract's environment in one place: no module but protocol.py spells a TLOG_* name (the boot
+    sitecustomize, which runs before tlog is importable, spells two that protocol declares)."""
+    declared = {value for name, value in vars(protocol).items() if name.startswith("ENV_") and name != "ENV_PREFIX"}
+    spelled: dict[str, set[str]] = {}
+    for path in (ROOT / "tlog").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    re.fullmatch(r"TLOG_[A-Z0-9_]+", node.value):
+                spelled.setdefault(str(path.relative_to(ROOT)), set()).add(node.value)
+    boot = spelled.pop("tlog/hook/boot/sitecustomize.py")
+    assert boot == {protocol.ENV_PKG_DIR, protocol.ENV_DISABLE}
+    assert spelled.pop("tlog/protocol.py") == declared
+    assert spelled == {}
+    assert all(name.startswith(protocol.ENV_PREFIX) for name in protocol.NOTIFY_ENV.values())
+

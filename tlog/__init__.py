@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from tlog import protocol as _protocol
 from tlog.hook import emitter as _emitter
 
 __version__ = "0.1.0"
@@ -65,7 +66,7 @@ def checkpoint(path: str | os.PathLike, **info: Any) -> None:
 
 def resume_checkpoint() -> str | None:
     """The newest complete checkpoint of a previous attempt, when tlog restarted this run."""
-    return os.environ.get("TLOG_RESUME_CHECKPOINT") or None
+    return os.environ.get(_protocol.ENV_RESUME_CHECKPOINT) or None
 
 
 def load(experiment: str | os.PathLike, log_dir: str | os.PathLike | None = None, pandas: bool | None = None) -> Any:

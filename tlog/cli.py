@@ -14,11 +14,13 @@ from typing import Annotated, cast
 import typer
 from typer.core import TyperCommand
 
+from tlog import protocol
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
                   help="Supervise deep-learning training runs: metrics, resources, crashes, reports.")
 
-LogDir = Annotated[Path, typer.Option("--log-dir", envvar="TLOG_LOG_DIR",
+LogDir = Annotated[Path, typer.Option("--log-dir", envvar=protocol.ENV_LOG_DIR,
                                       help="Directory holding experiments.")]
 Exp = Annotated[str | None, typer.Argument(help="Experiment name or path (default: the newest).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -117,8 +119,7 @@ def run(
                                                     help="torchrun: static rendezvous port.")] = None,
     notify: Annotated[list[str] | None, typer.Option(
         "--notify", metavar="CMD", show_default=False, help="Shell command run when the run ends or restarts "
-        "(repeatable), with TLOG_STATUS, TLOG_EXPERIMENT, TLOG_CATEGORY, TLOG_CAUSE, TLOG_REMEDY, TLOG_STEP, "
-        "TLOG_EXIT_CODE, TLOG_DIR in its environment; at most 10 s.")] = None,
+        f"(repeatable), with {', '.join(protocol.NOTIFY_ENV.values())} in its environment; at most 10 s.")] = None,
     notify_url: Annotated[list[str] | None, typer.Option(
         "--notify-url", metavar="URL", show_default=False, help="Webhook POSTed the same fields as JSON plus a "
         "one-line 'text' (Slack, Discord, Teams incoming webhooks); repeatable.")] = None,
@@ -418,7 +419,7 @@ def _print_json(obj: object) -> None:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a Python traceback."""
-    if os.environ.get("TLOG_SUPERVISED") == "1":  # started by a script that another tlog run supervises
+    if os.environ.get(protocol.ENV_SUPERVISED) == "1":  # started by a script that another tlog run supervises
         from tlog.supervisor.launch import leave_outer_run
 
         leave_outer_run()
@@ -443,14 +444,14 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except OSError as exc:  # a log dir that cannot be read, created or written: which path, and why
-        if os.environ.get("TLOG_DEBUG"):
+        if os.environ.get(protocol.ENV_DEBUG):
             raise
         _die(f"{exc.filename}: {exc.strerror or exc}" if exc.filename else
-             f"internal error: {exc!r} (set TLOG_DEBUG=1 for the traceback)", 1)
+             f"internal error: {exc!r} (set {protocol.ENV_DEBUG}=1 for the traceback)", 1)
     except Exception as exc:  # the last line of defence against tracebacks
-        if os.environ.get("TLOG_DEBUG"):
+        if os.environ.get(protocol.ENV_DEBUG):
             raise
-        _die(f"internal error: {exc!r} (set TLOG_DEBUG=1 for the traceback)", 1)
+        _die(f"internal error: {exc!r} (set {protocol.ENV_DEBUG}=1 for the traceback)", 1)
 
 
 def _die(message: str, code: int) -> None:

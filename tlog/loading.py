@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlog import protocol
 from tlog.export import tables
 from tlog.store import columns, layout
 
@@ -37,7 +38,7 @@ def load(experiment: str | os.PathLike, log_dir: str | os.PathLike | None = None
          pandas: bool | None = None) -> Run:
     """The run at path ``experiment``, or named so in ``log_dir`` (default ``$TLOG_LOG_DIR`` or
     ``training_logs``).  ``pandas``: DataFrames (True), plain columns (False), or whichever is installed."""
-    base = Path(log_dir or os.environ.get("TLOG_LOG_DIR") or layout.DEFAULT_LOG_DIR)
+    base = Path(log_dir or os.environ.get(protocol.ENV_LOG_DIR) or layout.DEFAULT_LOG_DIR)
     exp_dir = layout.resolve(str(experiment), base)
     if pandas is None:
         try:

@@ -27,6 +27,11 @@ A JSON object with neither ``kind`` nor ``data`` is a bare metrics event: its
 the payload.  Non-finite numbers travel as the strings "nan", "inf", "-inf".
 ``decode`` validates (see there): a line it refuses is kept as output.
 
+The contract has three parts, all here: the environment a run gives its training process (the ``ENV_*``
+names; every ``TLOG_*`` variable tlog reads or sets is declared in this module), the event kinds and the fields
+the supervisor reads of each (``_FIELDS``), and ``VERSION``, which the hook's first event carries (``hello``)
+and the supervisor compares with its own (``mismatch``).
+
 This module is imported by the child: standard library (and orjson) only.
 """
 
@@ -38,6 +43,42 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
+
+# The version of this contract.  Bump it when an event kind, a field the supervisor reads or an ENV_* name
+# changes meaning: a training process that imports another tlog (its own venv's) is then told apart.
+VERSION = 1
+
+ENV_PREFIX = "TLOG_"
+# What ``tlog run`` sets for its training process (``RUN_ENV``; a nested run starts without the outer's).
+ENV_SUPERVISED = "TLOG_SUPERVISED"  # "1": this process belongs to a supervised run, its events go to stdout
+ENV_SUPERVISOR_PID = "TLOG_SUPERVISOR_PID"  # the supervisor the hook's lifeline watches
+ENV_WIRE = "TLOG_WIRE"  # the identity of the stdout that carries the events (set by the first hooked process)
+ENV_PKG_DIR = "TLOG_PKG_DIR"  # where the boot sitecustomize finds tlog (also hook/boot/sitecustomize.py's)
+ENV_EXPERIMENT = "TLOG_EXPERIMENT"  # the experiment's name ...
+ENV_EXP_DIR = "TLOG_EXP_DIR"  # ... and directory
+ENV_ATTEMPT = "TLOG_ATTEMPT"  # the restart attempt, from 1
+ENV_NO_INSTRUMENT = "TLOG_NO_INSTRUMENT"  # "1": no probes (--no-instrument)
+ENV_LOG_EVERY = "TLOG_LOG_EVERY"  # the probe's report interval in steps (--log-every)
+ENV_GRAD_NORM = "TLOG_GRAD_NORM"  # every how many steps the gradient norm is read (--grad-norm)
+ENV_STACK_SIGNAL = "TLOG_STACK_SIGNAL"  # the signal that makes the hook dump its stacks (hang detection)
+ENV_LIVE = "TLOG_LIVE"  # the live page (hook/live.py)
+ENV_RESUME_CHECKPOINT = "TLOG_RESUME_CHECKPOINT"  # a restart's checkpoint ...
+ENV_RESUME_STEP = "TLOG_RESUME_STEP"  # ... its step ...
+ENV_RESUME_EPOCH = "TLOG_RESUME_EPOCH"  # ... and epoch
+RUN_ENV = frozenset({ENV_SUPERVISED, ENV_SUPERVISOR_PID, ENV_WIRE, ENV_PKG_DIR, ENV_EXPERIMENT, ENV_EXP_DIR,
+                     ENV_ATTEMPT, ENV_NO_INSTRUMENT, ENV_LOG_EVERY, ENV_GRAD_NORM, ENV_STACK_SIGNAL, ENV_LIVE,
+                     ENV_RESUME_CHECKPOINT, ENV_RESUME_STEP, ENV_RESUME_EPOCH})
+# What the user sets.
+ENV_DISABLE = "TLOG_DISABLE"  # "1": the hook does nothing at all (also hook/boot/sitecustomize.py's)
+ENV_LOG_DIR = "TLOG_LOG_DIR"  # the log dir (--log-dir), for every command and the in-script API
+ENV_NAME = "TLOG_NAME"  # the experiment's name for the in-script API without a supervisor
+ENV_CONFIG = "TLOG_CONFIG"  # a tlog.toml to read instead of searching upward
+ENV_DEBUG = "TLOG_DEBUG"  # tracebacks of tlog's internal errors
+ENV_NOTIFY_TIMEOUT_S = "TLOG_NOTIFY_TIMEOUT_S"  # how long a notifier may take
+ENV_HANG_FLOOR_S = "TLOG_HANG_FLOOR_S"  # the hang limit's floor (tests, very fast loops)
+# What a --notify command finds in its environment: the outcome's fields.
+NOTIFY_ENV = {field: ENV_PREFIX + field.upper()
+              for field in ("status", "experiment", "category", "cause", "remedy", "step", "exit_code", "dir")}
 
 
 def _stdlib_dumps(obj: Any) -> bytes:
@@ -110,7 +151,8 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {  # what the supervisor reads
     "error": {"category": _STR, "phase": _STR, "error_message": _STR, "error_type": _STR, "traceback": _STR,
               "update_of": _STR, "id": _STR, "root_cause_rank": _INT, "peer_lost": (bool,)},
     "meta": {"pid": _INT, "argv": (list,), "host": _STR, "restart_count": _INT, "launcher": _STR,
-             "launcher_pid": _INT, "cwd": _STR, "supervisor_pid": _INT},
+             "launcher_pid": _INT, "cwd": _STR, "supervisor_pid": _INT, "protocol": _INT, "tlog": _STR,
+             "tlog_dir": _STR},
 }
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf,
               "NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -180,7 +222,7 @@ def _key_text(key: Any) -> str | None:
         return None
 
 
-if os.environ.get("TLOG_SUPERVISED") != "1":
+if os.environ.get(ENV_SUPERVISED) != "1":
     use_orjson()
 
 
@@ -210,6 +252,31 @@ def encode(kind: str, data: dict, **context: Any) -> bytes:
             event[key] = value
     event["data"] = data
     return EMIT_PREFIX + dumps(event) + b"\n"
+
+
+def hello(data: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a hooked process's first event (a ``meta``): ``data`` with this contract's version and
+    where this tlog is installed, so a supervisor can tell a training process that imports another tlog."""
+    return {**data, "protocol": VERSION, "tlog_dir": os.path.dirname(os.path.abspath(__file__))}
+
+
+def mismatch(event: dict[str, Any]) -> str | None:
+    """The one line to tell the user when a hooked process speaks another version of this contract, else None.
+
+    Only a hello is judged: a ``meta`` with the process's ``pid`` (or a launcher's ``launcher_pid``); a tlog from
+    before versioning sends one without ``protocol``.  The events still count: what this version can read of
+    them is recorded, what it refuses is kept as output."""
+    if event["kind"] != "meta":
+        return None
+    data = event["data"]
+    version = data.get("protocol")
+    if version == VERSION or ("pid" not in data and "launcher_pid" not in data):
+        return None
+    where = data.get("tlog_dir")
+    theirs = "no protocol version (an older tlog)" if version is None else f"protocol version {version}"
+    return (f"the training process imports {f'the tlog at {where}' if where else 'another tlog'} ({theirs}), "
+            f"this tlog speaks version {VERSION}: its events are recorded as far as this version reads them; "
+            "install the same tlog in the script's environment")
 
 
 def find_marker(line: bytes) -> int:

@@ -19,6 +19,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from tlog import protocol
+
 FILENAME = "tlog.toml"
 SECTIONS = ("run", "monitoring_thresholds", "plot_config", "metric_modes")
 THRESHOLD_KEYS = ("memory_usage_mb", "gpu_memory_mb", "check_interval_seconds", "rss_fraction",
@@ -73,7 +75,7 @@ class Settings:
 
 def find(start: Path | None = None) -> tuple[Path | None, Path | None]:
     """The nearest tlog.toml (or $TLOG_CONFIG) and the nearest pyproject.toml with a [tool.tlog] table."""
-    explicit = os.environ.get("TLOG_CONFIG")
+    explicit = os.environ.get(protocol.ENV_CONFIG)
     toml_path = Path(explicit) if explicit else None
     pyproject = None
     for directory in [d := (start or Path.cwd()).resolve(), *d.parents]:
@@ -118,8 +120,8 @@ def effective(settings: Settings) -> dict[str, Any]:
     """Every setting with its value and source; the environment's log_dir wins over the files'."""
     rows = {key: {"value": value, "source": settings.sources.get(key, "default")}
             for key, value in flat(settings.values).items()}
-    if os.environ.get("TLOG_LOG_DIR"):
-        rows["log_dir"] = {"value": os.environ["TLOG_LOG_DIR"], "source": "environment (TLOG_LOG_DIR)"}
+    if os.environ.get(protocol.ENV_LOG_DIR):
+        rows["log_dir"] = {"value": os.environ[protocol.ENV_LOG_DIR], "source": f"environment ({protocol.ENV_LOG_DIR})"}
     return {"files": [str(f) for f in settings.files], "settings": rows}
 
 

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from tlog import protocol
 from tlog.compat.monitor import DEFAULT_THRESHOLDS, ThresholdMonitor
 from tlog.compat.pipeline import StoreLogHandler, connect, probe_step
 from tlog.compat.types import (
@@ -67,7 +68,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 class TrainingLogger:
     def __init__(self, log_dir: str | os.PathLike | None = None, experiment_name: str | None = None) -> None:
-        self.sink = connect(experiment_name, log_dir, os.environ.get("TLOG_NAME") or f"experiment_{int(time.time())}")
+        fallback = os.environ.get(protocol.ENV_NAME) or f"experiment_{int(time.time())}"
+        self.sink = connect(experiment_name, log_dir, fallback)
         self.em = self.sink.em
         self.experiment_dir = self.sink.exp_dir
         self.experiment_name = self.experiment_dir.name

@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlog import protocol
 from tlog.hook import direct
-from tlog.hook.emitter import ENV_SUPERVISED, Emitter
+from tlog.hook.emitter import Emitter
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Sink:
 
     @property
     def attempt(self) -> int:
-        value = os.environ.get("TLOG_ATTEMPT", "")
+        value = os.environ.get(protocol.ENV_ATTEMPT, "")
         return int(value) if value.isdigit() else 1
 
 
@@ -40,10 +41,11 @@ def connect(experiment_name: str | None, log_dir: str | os.PathLike | None, fall
     ``experiment_name``/``log_dir`` are what the script asked for (None: nothing); ``fallback_name`` names
     a directory opened without a supervisor when the script asked for no name.
     """
-    supervised = os.environ.get(ENV_SUPERVISED) == "1"
+    supervised = os.environ.get(protocol.ENV_SUPERVISED) == "1"
     em = direct.install(experiment_name or fallback_name, log_dir)
     default = Path(log_dir or "training_logs") / (experiment_name or fallback_name)
-    exp_dir = Path(os.environ.get("TLOG_EXP_DIR") or default) if supervised else Path(getattr(em, "exp_dir", default))
+    exp_dir = (Path(os.environ.get(protocol.ENV_EXP_DIR) or default) if supervised
+               else Path(getattr(em, "exp_dir", default)))
     sink = Sink(em, exp_dir, supervised)
     mismatch = _mismatch(exp_dir, experiment_name, log_dir)
     if mismatch:

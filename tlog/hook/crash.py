@@ -17,10 +17,10 @@ import sys
 import traceback
 from types import TracebackType
 
+from tlog import protocol
 from tlog.hook import emitter as _emitter
 
 MAX_FRAMES = 200
-ENV_STACK_SIGNAL = "TLOG_STACK_SIGNAL"
 
 
 def crash_payload(exc: BaseException, phase: str | None) -> dict:
@@ -69,7 +69,7 @@ def install() -> None:
     sys.excepthook = excepthook
     if not faulthandler.is_enabled():
         faulthandler.enable(all_threads=True)  # SIGSEGV/SIGABRT/SIGBUS/SIGFPE/SIGILL: Python stacks on stderr
-    register_stack_dump(os.environ.get(ENV_STACK_SIGNAL))
+    register_stack_dump(os.environ.get(protocol.ENV_STACK_SIGNAL))
 
 
 def register_stack_dump(name: str | None) -> bool:

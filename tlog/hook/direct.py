@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from tlog import protocol
 from tlog.hook import crash, emitter
 from tlog.hook.emitter import Emitter, StoreEmitter
 from tlog.hook.environment import environment
@@ -29,8 +30,8 @@ def open_direct_emitter(name: str | None = None, log_dir: str | os.PathLike | No
     environment's ``TLOG_NAME``/``TLOG_LOG_DIR``, which win over the defaults."""
     from tlog.store import layout
 
-    log_dir = Path(log_dir or os.environ.get("TLOG_LOG_DIR") or layout.DEFAULT_LOG_DIR)
-    name = name or os.environ.get("TLOG_NAME") or default_name()
+    log_dir = Path(log_dir or os.environ.get(protocol.ENV_LOG_DIR) or layout.DEFAULT_LOG_DIR)
+    name = name or os.environ.get(protocol.ENV_NAME) or default_name()
     exp_dir, _ = layout.create_experiment_dir(log_dir, name)
     em = StoreEmitter(str(exp_dir))
     em.emit("meta", {**environment(), "supervised": False})
@@ -49,7 +50,7 @@ def install(name: str | None = None, log_dir: str | os.PathLike | None = None) -
     """
     em = emitter.current()
     if em is None:
-        if os.environ.get(emitter.ENV_SUPERVISED) == "1":
+        if os.environ.get(protocol.ENV_SUPERVISED) == "1":
             return emitter.get()
         em = emitter._emitter = open_direct_emitter(name, log_dir)
     return em

@@ -22,8 +22,6 @@ from typing import Any
 
 from tlog import protocol
 
-ENV_SUPERVISED = "TLOG_SUPERVISED"
-ENV_DISABLE = "TLOG_DISABLE"
 MAX_DEFERRED = 10_000  # held tlog.log calls before they are sent anyway (one device sync per this many)
 MAX_DEFERRED_S = 5.0  # ... or once the oldest has waited this long
 
@@ -314,9 +312,9 @@ def current() -> Emitter | None:
 
 
 def _create() -> Emitter:
-    if os.environ.get(ENV_DISABLE) == "1":  # the kill switch: tlog does nothing at all, the script runs
+    if os.environ.get(protocol.ENV_DISABLE) == "1":  # the kill switch: tlog does nothing at all, the script runs
         return _silent()
-    if os.environ.get(ENV_SUPERVISED) == "1":
+    if os.environ.get(protocol.ENV_SUPERVISED) == "1":
         return WireEmitter()
     from tlog.hook.direct import open_direct_emitter
 

@@ -14,11 +14,11 @@ import os
 import select
 import signal
 
-ENV_SUPERVISOR_PID = "TLOG_SUPERVISOR_PID"
+from tlog import protocol
 
 
 def install() -> None:
-    pid = os.environ.get(ENV_SUPERVISOR_PID, "")
+    pid = os.environ.get(protocol.ENV_SUPERVISOR_PID, "")
     if not pid.isdigit() or not hasattr(os, "pidfd_open"):
         return
     try:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import mmap
 import os
 
-ENV_LIVE = "TLOG_LIVE"
+from tlog import protocol
+
 WORDS = 8
 SLOTS = 64
 SLOT_BYTES = WORDS * 8
@@ -49,7 +50,7 @@ def _fresh() -> memoryview:
 def attach() -> memoryview:
     """This process's slot as ``WORDS`` int64 words, claimed (pid, rank written); a private stand-in when no
     supervisor made a page (or it cannot be mapped), so the probe stores unconditionally."""
-    path = os.environ.get(ENV_LIVE)
+    path = os.environ.get(protocol.ENV_LIVE)
     local = os.environ.get("LOCAL_RANK", "")
     if not path:
         return _fresh()

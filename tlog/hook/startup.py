@@ -37,13 +37,11 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
-ENV_NO_INSTRUMENT = "TLOG_NO_INSTRUMENT"
-ENV_WIRE = "TLOG_WIRE"
 LAUNCHER_MODULES = frozenset({"torch.distributed.run", "torch.distributed.launch"})
 
 
 def start() -> None:
-    if os.environ.get(emitter.ENV_SUPERVISED) != "1":
+    if os.environ.get(protocol.ENV_SUPERVISED) != "1":
         return  # a descendant whose environment was scrubbed of tlog's: not ours to report
     if _tlog_cli(getattr(sys, "orig_argv", sys.argv)):
         return  # a nested ``tlog run``: a supervisor with its own run, not the outer run's training script
@@ -52,16 +50,17 @@ def start() -> None:
         emitter.silence()
         return
     if "RANK" not in os.environ and is_launcher(getattr(sys, "orig_argv", sys.argv)):
-        os.write(1, protocol.encode("meta", {"launcher": "torchrun", "launcher_pid": os.getpid()}))
+        os.write(1, protocol.encode("meta", protocol.hello({"launcher": "torchrun", "launcher_pid": os.getpid()})))
         emitter.silence()
         return
     em = emitter.get()
     crash.install()
     signals.install(_send_held)
     env = environment()
-    em.emit("meta", {**{k: env[k] for k in ("argv", "cwd", "pid", "python", "executable")}, **_torchrun_worker()})
+    em.emit("meta", protocol.hello({**{k: env[k] for k in ("argv", "cwd", "pid", "python", "executable")},
+                                    **_torchrun_worker()}))
     em.emit("config", {"environment": env})
-    if os.environ.get(ENV_NO_INSTRUMENT) != "1":
+    if os.environ.get(protocol.ENV_NO_INSTRUMENT) != "1":
         from tlog.hook import frameworks
 
         ImportWatcher({"torch": _install_torch_probe, "argparse": _install_args_probe, **frameworks.watched()}).arm()
@@ -108,7 +107,7 @@ def _owns_wire() -> bool:
     except OSError:
         return False
     identity = f"{st.st_dev}:{st.st_ino}"
-    owner = os.environ.setdefault(ENV_WIRE, identity)
+    owner = os.environ.setdefault(protocol.ENV_WIRE, identity)
     return owner == identity
 
 

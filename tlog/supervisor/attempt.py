@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tlog import protocol
 from tlog.diagnosis import failure
 from tlog.supervisor import hang, launch, options, ranks, restart
 from tlog.supervisor.ingest import drain, open_readers
@@ -194,8 +195,11 @@ class Attempt:
                 rnd.workers.crashed(event)
             elif kind == "checkpoint":
                 self.seams.checkpoints.seen(event)
-            elif kind == "meta" and "rank" in event:
-                self.seams.monitor.ranks = rnd.workers.pids()
+            elif kind == "meta":
+                if "rank" in event:
+                    self.seams.monitor.ranks = rnd.workers.pids()
+                if (wrong := protocol.mismatch(event)) is not None:
+                    self.journal.say_once(wrong)
         self._deliver(events[start:] if start else events)
 
     def _deliver(self, events: list[dict]) -> None:

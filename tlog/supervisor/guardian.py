@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+from tlog import protocol
 from tlog.supervisor import proctree
 from tlog.supervisor.cgroup import RunCgroup
 
@@ -99,4 +100,4 @@ def _pkg_dir() -> str:
 
 def _plain_env() -> dict[str, str]:
     """Not a training process: none of the hook's variables, so it is never hooked nor reported."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("TLOG_") and k != "PYTHONPATH"}
+    return {k: v for k, v in os.environ.items() if not k.startswith(protocol.ENV_PREFIX) and k != "PYTHONPATH"}

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tlog import protocol
 from tlog.diagnosis.classify import normalise_phase
 from tlog.hook.crash import signal_number
 from tlog.supervisor.launch import GroupSignaller
@@ -49,7 +50,6 @@ STARTUP_S = 1800.0
 FACTOR = 10.0
 FLOOR_S = 300.0
 POLL_S = 0.25
-ENV_FLOOR = "TLOG_HANG_FLOOR_S"
 # faulthandler dumps every thread's stack on it in a hooked child (hang detection is on by default): a real-time
 # signal where there is one, so that a scheduler's SIGUSR1 (Slurm's --signal) keeps its own meaning
 STACK_SIGNAL_NAME = "SIGRTMIN+3" if hasattr(signal, "SIGRTMIN") else "SIGUSR1"
@@ -70,7 +70,7 @@ class HangRule:
         """From ``--hang-timeout``: None (the default) calibrates, 0 turns detection off (None returned)."""
         if hang_timeout is not None:
             return cls(hang_timeout) if hang_timeout > 0 else None
-        floor = os.environ.get(ENV_FLOOR, "")
+        floor = os.environ.get(protocol.ENV_HANG_FLOOR_S, "")
         try:
             return cls(floor_s=float(floor)) if floor and float(floor) > 0 else cls()
         except ValueError:

@@ -38,6 +38,7 @@ class Journal:
         self.live = live
         self.clock = clock
         self.attempt = 0
+        self._said: set[str] = set()
 
     def emit(self, kind: str, data: dict[str, Any], **context: object) -> None:
         """An event of the supervisor's own, into the same stream as the child's (flushed at once)."""
@@ -54,6 +55,12 @@ class Journal:
         """tlog's own message: on screen and in training.log."""
         self.display.message(text)
         self.writer.message(text)
+
+    def say_once(self, text: str) -> None:
+        """A message that every process of the run would repeat (each torchrun worker's hello): said once."""
+        if text not in self._said:
+            self._said.add(text)
+            self.say(text)
 
     def deliver(self, events: list[dict]) -> None:
         """The child's events, already stamped (the reader flushes once per chunk)."""

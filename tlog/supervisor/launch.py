@@ -69,29 +69,25 @@ def command_argv(command: list[str]) -> tuple[str, ...]:
 
 # What a supervisor tells its child about the run; never inherited from an outer run (a sweep driver under
 # ``tlog run`` starting its trials with ``tlog run``): each run has its own wire.  Only tlog says where to resume.
-RUN_ENV = frozenset({"TLOG_SUPERVISED", "TLOG_SUPERVISOR_PID", "TLOG_WIRE", "TLOG_PKG_DIR", "TLOG_EXPERIMENT",
-                     "TLOG_EXP_DIR",
-                     "TLOG_ATTEMPT", "TLOG_NO_INSTRUMENT", "TLOG_LOG_EVERY", "TLOG_GRAD_NORM", "TLOG_STACK_SIGNAL",
-                     "TLOG_LIVE", "TLOG_RESUME_CHECKPOINT", "TLOG_RESUME_STEP", "TLOG_RESUME_EPOCH"})
 
 
 def leave_outer_run() -> None:
     """In a tlog started inside another run: forget that run's markers (this process is a supervisor, not
     its training script) and encode with orjson, which its import skipped in a supervised child."""
-    for key in RUN_ENV:
+    for key in protocol.RUN_ENV:
         os.environ.pop(key, None)
     protocol.use_orjson()
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment that tells the hook it is supervised and lets it load."""
-    env = {key: value for key, value in os.environ.items() if key not in RUN_ENV}
+    env = {key: value for key, value in os.environ.items() if key not in protocol.RUN_ENV}
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(BOOT_DIR)]
     env["PYTHONPATH"] = os.pathsep.join([str(BOOT_DIR), *path])
     env["PYTHONUNBUFFERED"] = "1"
-    env["TLOG_SUPERVISED"] = "1"
-    env["TLOG_PKG_DIR"] = str(PKG_DIR)
-    env["TLOG_SUPERVISOR_PID"] = str(os.getpid())  # the hook's lifeline (tlog.hook.lifeline)
+    env[protocol.ENV_SUPERVISED] = "1"
+    env[protocol.ENV_PKG_DIR] = str(PKG_DIR)
+    env[protocol.ENV_SUPERVISOR_PID] = str(os.getpid())  # the hook's lifeline (tlog.hook.lifeline)
     env.update(extra)
     return env
 

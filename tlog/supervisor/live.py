@@ -12,6 +12,7 @@ import mmap
 import os
 import tempfile
 
+from tlog import protocol
 from tlog.hook import live
 
 
@@ -30,7 +31,7 @@ class LivePage:
         self._fd = fd
         self._map = mmap.mmap(fd, live.SIZE)
         self.words = memoryview(self._map).cast("q")
-        self.env = {live.ENV_LIVE: where}
+        self.env = {protocol.ENV_LIVE: where}
 
     @classmethod
     def open(cls) -> LivePage | None:

@@ -22,8 +22,8 @@ from typing import Any
 
 from tlog import protocol
 
-TIMEOUT_S = float(os.environ.get("TLOG_NOTIFY_TIMEOUT_S") or 10.0)  # the environment: tests, slow mailers
-FIELDS = ("status", "experiment", "category", "cause", "remedy", "step", "exit_code", "dir")
+TIMEOUT_S = float(os.environ.get(protocol.ENV_NOTIFY_TIMEOUT_S) or 10.0)  # the environment: tests, slow mailers
+FIELDS = tuple(protocol.NOTIFY_ENV)
 
 
 def outcome(status: str, experiment: str, exp_dir: str, step: Any = None, exit_code: Any = None,
@@ -49,7 +49,7 @@ def text(fields: dict[str, Any]) -> str:
 
 
 def environment(fields: dict[str, Any]) -> dict[str, str]:
-    return {f"TLOG_{k.upper()}": "" if fields.get(k) is None else str(fields[k]) for k in FIELDS}
+    return {name: "" if fields.get(k) is None else str(fields[k]) for k, name in protocol.NOTIFY_ENV.items()}
 
 
 class Notifier:

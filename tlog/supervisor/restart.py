@@ -24,6 +24,7 @@ import shlex
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from tlog import protocol
 from tlog.diagnosis import rules as R
 from tlog.diagnosis.rules import TRANSIENT
 
@@ -292,8 +293,9 @@ class Checkpoints:
 def resume_env(point: ResumePoint | None) -> dict[str, str]:
     """What a restarted child learns: the checkpoint (``tlog.resume_checkpoint()``), its step and epoch (for the
     probe, which counts on from them)."""
-    env = {} if point is None else {"TLOG_RESUME_CHECKPOINT": point.path}
-    for key, value in (("TLOG_RESUME_STEP", point and point.step), ("TLOG_RESUME_EPOCH", point and point.epoch)):
+    env = {} if point is None else {protocol.ENV_RESUME_CHECKPOINT: point.path}
+    for key, value in ((protocol.ENV_RESUME_STEP, point and point.step),
+                       (protocol.ENV_RESUME_EPOCH, point and point.epoch)):
         if value is not None:
             env[key] = str(value)
     return env

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import tlog
-from tlog.hook.crash import ENV_STACK_SIGNAL
+from tlog import protocol
 from tlog.store import layout, safefile
 from tlog.store.writer import ExperimentWriter
 from tlog.supervisor import hang, launch, notify, proctree, restart, scheduler, torchrun
@@ -159,14 +159,14 @@ class Session:
                     self.opts.grace, self.hang_rule)
 
     def _child_env(self, attempt: int, resume: restart.ResumePoint | None) -> dict[str, str]:
-        extra = {"TLOG_EXPERIMENT": self.exp_dir.name, "TLOG_EXP_DIR": str(self.exp_dir.resolve()),
-                 "TLOG_ATTEMPT": str(attempt), **self.opts.extra_env}
+        extra = {protocol.ENV_EXPERIMENT: self.exp_dir.name, protocol.ENV_EXP_DIR: str(self.exp_dir.resolve()),
+                 protocol.ENV_ATTEMPT: str(attempt), **self.opts.extra_env}
         if not self.opts.instrument:
-            extra["TLOG_NO_INSTRUMENT"] = "1"
-        extra["TLOG_LOG_EVERY"] = str(self.opts.log_every)
-        extra["TLOG_GRAD_NORM"] = str(self.opts.grad_norm)
+            extra[protocol.ENV_NO_INSTRUMENT] = "1"
+        extra[protocol.ENV_LOG_EVERY] = str(self.opts.log_every)
+        extra[protocol.ENV_GRAD_NORM] = str(self.opts.grad_norm)
         if self.hang_rule is not None:
-            extra[ENV_STACK_SIGNAL] = hang.STACK_SIGNAL_NAME
+            extra[protocol.ENV_STACK_SIGNAL] = hang.STACK_SIGNAL_NAME
         return {**extra, **restart.resume_env(resume)}
 
     def _exited(self, result: AttemptResult) -> None:

@@ -12,7 +12,7 @@ def _start_tlog() -> None:
     try:
         from tlog.hook import startup
     except ImportError:
-        pkg_dir = os.environ.get("TLOG_PKG_DIR")
+        pkg_dir = os.environ.get("TLOG_PKG_DIR")  # protocol.ENV_PKG_DIR: tlog is not importable yet
         if not pkg_dir:
             return
         sys.path.append(pkg_dir)
@@ -41,6 +41,6 @@ def _chain() -> None:
     spec.loader.exec_module(module)
 
 
-if os.environ.get("TLOG_DISABLE") != "1":
+if os.environ.get("TLOG_DISABLE") != "1":  # protocol.ENV_DISABLE, read before importing tlog
     _start_tlog()
 _chain()

@@ -20,6 +20,7 @@ import math
 import os
 from typing import Any
 
+from tlog import protocol
 from tlog.hook import frameworks
 from tlog.hook.emitter import Emitter
 
@@ -51,7 +52,7 @@ def epoch_index(progress: Any) -> int | None:
 
 def resume_target() -> str | None:
     """The checkpoint-N directory tlog restarted this attempt from, if it is one of Trainer's."""
-    path = os.environ.get("TLOG_RESUME_CHECKPOINT")
+    path = os.environ.get(protocol.ENV_RESUME_CHECKPOINT)
     if path and os.path.isfile(os.path.join(path, "trainer_state.json")):
         return path
     return None

@@ -21,6 +21,7 @@ import importlib
 import os
 from typing import Any
 
+from tlog import protocol
 from tlog.hook import frameworks
 from tlog.hook.emitter import Emitter
 
@@ -30,7 +31,7 @@ SRC = "lightning"
 
 def resume_target() -> str | None:
     """The .ckpt tlog restarted this attempt from, if it is one."""
-    path = os.environ.get("TLOG_RESUME_CHECKPOINT")
+    path = os.environ.get(protocol.ENV_RESUME_CHECKPOINT)
     return path if path and path.endswith(".ckpt") and os.path.isfile(path) else None
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
+from tlog import protocol
 from tlog.hook import live
 from tlog.hook.emitter import Emitter
 from tlog.hook.live import STEP
@@ -64,7 +65,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(log_every=_env_int("TLOG_LOG_EVERY"), grad_norm=_env_int("TLOG_GRAD_NORM"))
+        return cls(log_every=_env_int(protocol.ENV_LOG_EVERY), grad_norm=_env_int(protocol.ENV_GRAD_NORM))
 
 
 class OptState:
@@ -87,13 +88,13 @@ _DEPENDENT = {"step": ("loss",), "report": ("loss",)}
 
 def resume_step() -> int:
     """The step of the checkpoint tlog restarted this run from (TLOG_RESUME_STEP), else 0."""
-    return _env_int("TLOG_RESUME_STEP")
+    return _env_int(protocol.ENV_RESUME_STEP)
 
 
 def resume_epoch() -> int:
     """The epoch a run restarted from a checkpoint is in (TLOG_RESUME_EPOCH: the checkpoint's, or the next
     one when its epoch was complete), else 0."""
-    return _env_int("TLOG_RESUME_EPOCH")
+    return _env_int(protocol.ENV_RESUME_EPOCH)
 
 
 def _no_step_patch(opt: Any) -> OptState:
