@@ -62,32 +62,38 @@ def run(
     name: Annotated[str | None, typer.Option("--name", "-n", help="Experiment name "
                                              "(default: <script stem>-<YYYYmmdd-HHMMSS>).")] = None,
     log_dir: LogDir = DEFAULT_LOG_DIR,
-    grace: Annotated[float, typer.Option(min=0, max=WEEK_S, help="Seconds between forwarding Ctrl-C/SIGTERM and killing.")] = 10.0,
+    grace: Annotated[float, typer.Option(min=0, max=WEEK_S,
+        help="Seconds between forwarding Ctrl-C/SIGTERM and killing.")] = 10.0,
     no_instrument: Annotated[bool, typer.Option("--no-instrument",
                                                 help="Do not patch torch (or argparse) in the child.")] = False,
-    log_every: Annotated[int, typer.Option(min=0, max=COUNT_MAX, help="Captured metrics: one row every N optimizer steps "
-                                           "with the mean loss of those N (1: every step, exact). Default 0: "
-                                           "the first step, then at most every 0.5 s.")] = 0,
-    grad_norm: Annotated[int, typer.Option(min=0, max=COUNT_MAX, help="Record the total gradient norm every N steps "
-                                           "(0: off).")] = 0,
+    log_every: Annotated[int, typer.Option(
+        min=0, max=COUNT_MAX, help="Captured metrics: one row every N optimizer steps with the mean loss of those "
+        "N (1: every step, exact). Default 0: the first step, then at most every 0.5 s.")] = 0,
+    grad_norm: Annotated[int, typer.Option(
+        min=0, max=COUNT_MAX, help="Record the total gradient norm every N steps (0: off).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not echo the script's output.")] = False,
     panel: Annotated[bool | None, typer.Option("--panel/--no-panel", help="Live panel (default: when stdout "
                                                 "is a terminal).", show_default=False)] = None,
-    status_every: Annotated[float, typer.Option(min=0, max=WEEK_S, help="Off a terminal: seconds between status lines "
-                                                     "on stderr (0: none).")] = 30.0,
-    monitor_interval: Annotated[float, typer.Option(min=0.01, max=WEEK_S, help="Seconds between resource readings.")] = 1.0,
+    status_every: Annotated[float, typer.Option(
+        min=0, max=WEEK_S, help="Off a terminal: seconds between status lines on stderr (0: none).")] = 30.0,
+    monitor_interval: Annotated[float, typer.Option(min=0.01, max=WEEK_S,
+        help="Seconds between resource readings.")] = 1.0,
     hang_timeout: Annotated[float | None, typer.Option(
-        min=0, max=WEEK_S, help="Seconds without progress (a step, an event) after which the run is declared hung: its "
-        "stacks are dumped (faulthandler), it is stopped and the restart policy applies.  Default: calibrated by "
-        "the run (30 min before the first step, then 10 x the slowest step, at least 5 min; see README).  "
+        min=0, max=WEEK_S, help="Seconds without progress (a step, an event) after which the run is declared "
+        "hung: its stacks are dumped (faulthandler), it is stopped and the restart policy applies.  Default: "
+        "calibrated by the run (30 min before the first step, then 10 x the slowest step, at least 5 min; see "
+        "README).  "
         "0: off.", show_default=False)] = None,
     restart_mode: Annotated[str, typer.Option("--restart", help="'never' or 'on-failure'.")] = "never",
-    max_restarts: Annotated[int, typer.Option(min=0, max=COUNT_MAX, help="Restarts allowed with --restart on-failure.")] = 3,
+    max_restarts: Annotated[int, typer.Option(min=0, max=COUNT_MAX,
+        help="Restarts allowed with --restart on-failure.")] = 3,
     restart_on: Annotated[str | None, typer.Option(
         help="Categories worth a restart, comma-separated, or 'all' (default: the transient ones: "
         "memory,network,device,system).", show_default=False)] = None,
-    backoff: Annotated[float, typer.Option(min=0, max=WEEK_S, help="Seconds before the first restart; doubles each time.")] = 1.0,
-    backoff_max: Annotated[float, typer.Option(min=0, max=WEEK_S, help="Cap on the delay between restarts, in seconds.")] = 60.0,
+    backoff: Annotated[float, typer.Option(min=0, max=WEEK_S,
+        help="Seconds before the first restart; doubles each time.")] = 1.0,
+    backoff_max: Annotated[float, typer.Option(min=0, max=WEEK_S,
+        help="Cap on the delay between restarts, in seconds.")] = 60.0,
     resume_arg: Annotated[str | None, typer.Option(
         help="Arguments appended on restarts only, e.g. '--resume {checkpoint}' ({step} also works).",
         show_default=False)] = None,
