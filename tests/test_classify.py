@@ -582,3 +582,31 @@ def test_a_prefix_on_every_line_is_the_logs_not_the_texts(prefix: str) -> None:
     keys = "\n".join(f"\tsize mismatch for layer{i}.weight: copying a param with shape torch.Size([16, 64]) from "
                      "checkpoint, the shape in current model is torch.Size([16, 16])." for i in range(8))
     assert classify_text("RuntimeError: Error(s) in loading state_dict for Net:\n" + keys).category == "checkpoint"
+
+
+def test_compile_wrapping_and_tracker_failures_are_read_by_what_they_wrap() -> None:
+    """torch.compile's BackendCompilerFailed wraps the real error (a paste that lost its indentation and a frame's
+    name still parses); FSDP/DDP construction under accelerate's prepare is model setup, so a rejected dtype mix is
+    a setting; wandb's CommError is communication."""
+    paste = ("Traceback (most recent call last):\n"
+             'File "/opt/conda/bin/seg_train", line 8, in\nsys.exit(main())\n'
+             + "".join(f'File "{SITE}/torch/nn/modules/module.py", line {i}, in _call_impl\n'
+                       "return forward_call(*args, **kwargs)\n" for i in range(5))
+             + f'File "{SITE}/torch/_dynamo/eval_frame.py", line 328, in _fn\nreturn fn(*args, **kwargs)\n'
+             "torch._dynamo.exc.BackendCompilerFailed: backend='inductor' raised:\n"
+             "RuntimeError: Cannot find a working triton installation. More information on installing Triton can be "
+             "found at https://github.com/openai/triton")
+    d = classify_text(paste)
+    assert (d.category, d.rule, d.phase) == ("configuration", "missing_package", "forward_pass"), d.evidence
+    fsdp = [("/ws/dpo.py", "main", "model = accelerator.prepare(model)"),
+            (f"{SITE}/accelerate/accelerator.py", "prepare_model", "model = FSDP(model, **kwargs)"),
+            (f"{SITE}/torch/distributed/fsdp/fully_sharded_data_parallel.py", "__init__", "_init_param_handle("),
+            (f"{SITE}/torch/distributed/fsdp/_flat_param.py", "_validate_tensors_to_flatten", "raise ValueError(")]
+    d = classify_text(_traceback(fsdp, "ValueError: Must flatten tensors with uniform dtype but got torch.bfloat16 "
+                                       "and torch.float32"))
+    assert (d.category, d.phase) == ("configuration", "model_setup"), d.evidence
+    wandb = [("/home/u/train.py", "main", "wandb.init(project=name)"),
+             (f"{SITE}/wandb/sdk/wandb_init.py", "init", "raise error")]
+    d = classify_text(_traceback(wandb, "wandb.errors.errors.CommError: Run initialization has timed out after 90.0 "
+                                        "sec."))
+    assert (d.category, d.transient) == ("network", True), d.cause

@@ -21,7 +21,7 @@ _IPY_SOURCE = re.compile(r"^-+>\s*(?P<line>\d+)\s(?P<code>.*)$")
 _RICH_BOX = re.compile(r"^\s*[│|]\s?(?P<body>.*?)\s*[│|]?\s*$")
 _RICH_FRAME = re.compile(r"^(?P<file>(?:[A-Za-z]:)?[/\\~.]\S*\.py):(?P<line>\d+) in (?P<func>\w+)\s*$")
 _RICH_SOURCE = re.compile(r"^❱\s*\d+\s[│\s]*(?P<code>.*)$")
-_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S.*?)\s*$')
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in(?: (?P<func>\S.*?))?\s*$')
 _FH_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
 _PYSPY_FRAME = re.compile(r"^\s+(?P<func>\S+) \((?P<file>[^()]+):(?P<line>\d+)\)\s*$")
 _CHAIN = re.compile(r"During handling of the above exception|The above exception was the direct cause")
@@ -36,7 +36,7 @@ _TERMINATE = re.compile(r"terminate called after throwing an instance of '(?P<ty
 _WHAT = re.compile(r"^\s*what\(\):\s*(?P<msg>.*)$")
 _LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|/lib/Python\d|<frozen|^<|/usr/lib/|/tlog/hook/")
 WRAPPERS = re.compile(r"in DataLoader worker process|in replica \d+ on device|ChildFailedError|"
-                      r"ProcessRaisedException|ProcessExitedException")
+                      r"ProcessRaisedException|ProcessExitedException|BackendCompilerFailed")
 _RANK_PREFIX = re.compile(r"^\s*\[?(?:rank|RANK)?\s*\d+\]?:")
 _PREFIX_CUT = re.compile(r"[\]:|>-]")  # where a log prefix ends: "[rank3]:", "10:00:01,123 - ERROR -", "I1018 ...]"
 _PREFIX_START = re.compile(r"[\[(\d]|[IWEF]\d")  # how a rank tag, a timestamp or a glog line begins
@@ -90,7 +90,7 @@ class Exc:
 
 
 def _frame(m: re.Match[str]) -> Frame:
-    return Frame(m["file"].replace("\\", "/"), int(m["line"]), m["func"])
+    return Frame(m["file"].replace("\\", "/"), int(m["line"]), m["func"] or "?")  # a paste may lose the name
 
 
 @functools.cache
@@ -142,21 +142,24 @@ def _continuation(lines: list[str], i: int, strip) -> tuple[str, int]:
 
 
 def _read_traceback(lines: list[str], i: int, prefix: str, label: str) -> tuple[Exc | None, int]:
-    """Frames, then the first unindented exception-shaped line; gives up after a few stray lines."""
-    strip, frames, stray, header = _stripper(prefix), [], 0, ""
+    """Frames, then the first unindented exception-shaped line; gives up after a few stray lines in a row.  The
+    line after a frame is its source even unindented (pastes lose indentation)."""
+    strip, frames, stray, header, after_frame = _stripper(prefix), [], 0, "", False
     while i < len(lines) and stray < 8:
         body = strip(lines[i])
         i += 1
+        was_after_frame, after_frame = after_frame, False
         if body is None or not body.strip():
             stray += 1
         elif body.startswith(_IPY_HEADER):
             header = body[len(_IPY_HEADER):]
         elif fm := _FRAME.match(body):
             frames.append(_frame(fm))
+            stray, after_frame = 0, True
         elif exc := _exception_line(body):
             rest, end = _continuation(lines, i, strip)
             return Exc(exc[0], exc[1] + ("\n" + rest if rest else ""), f"{label} line {i}", frames), end
-        elif frames and body[:1].isspace():
+        elif frames and (body[:1].isspace() or was_after_frame):
             if not frames[-1].source and not set(body.strip()) <= set("^~ "):
                 frames[-1] = Frame(frames[-1].file, frames[-1].line, frames[-1].func, body.strip())
         else:

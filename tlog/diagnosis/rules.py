@@ -89,7 +89,7 @@ _NET_TYPES = (
     "ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectTimeoutError", "ProxyError", "RemoteDisconnected",
     "ChunkedEncodingError", "IncompleteRead", "gaierror", "herror", "timeout", "ContentTooShortError",
     "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "LocalEntryNotFoundError",
-    "OfflineModeIsEnabled", "HfHubHTTPError",
+    "OfflineModeIsEnabled", "HfHubHTTPError", "CommError",
 )
 
 RULES: tuple[Rule, ...] = (
@@ -362,7 +362,7 @@ RULES: tuple[Rule, ...] = (
     Rule("missing_package", CONFIG, "a package is missing or incompatible",
          remedy="install or pin the missing package in the job's environment",
          reason="an import failure is the environment, fixed by installing/pinning, not by retrying",
-         types=("ModuleNotFoundError", "ImportError")),
+         types=("ModuleNotFoundError", "ImportError"), message=r"(?i)cannot find a working \w+ installation"),
     # ---- autograd, optimizer, loss and model families, then data
     Rule("autograd", GRAD, "autograd error",
          remedy="avoid in-place ops on tensors autograd saved; call backward once per graph (or retain_graph=True)",
@@ -455,9 +455,10 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
     ("optimization_step", True,
      r"torch/optim/|bitsandbytes/optim/|deepspeed/ops/adam|apex/optimizers/|transformers/optimization\.py|"
      r"\|(?:get|create|build|make|configure|init|setup)_?(?:optimi[sz]ers?|scheduler|lr_scheduler)\w*\|"),
+    # (torch.compile's torch/_dynamo/eval_frame.py evaluates frames of any code: not an evaluation)
     ("validation", True,
-     r"/evaluation/|/evaluators?/|\w*_?eval(?:uator|uation)?\w*\.py\||\|(?:compute_metrics|evaluate|on_sanity_check\w*|"
-     r"\w*evaluation_loop|\w*(?:validation|test)_step\w*|\w*_?(?:eval|evaluate|validate)_\w+|_run_sanity_check)\|"),
+     r"/evaluation/|/evaluators?/|(?:^|/)(?<!_dynamo/)\w*_?eval(?:uator|uation)?\w*\.py\||\|(?:compute_metrics|evaluate|on_sanity_check\w*|"
+     r"\w*evaluation_loop|\w*(?:validation|test)_step\w*|\w*_?(?:eval|evaluate)_\w+|_run_sanity_check)\|"),
     ("initialization", True,
      r"argparse\.py|hydra/|\|(?:parse_args|parse_config|load_config|get_config|"
      r"init_distributed\w*|init_process_group|setup_ddp)\|"),
@@ -480,8 +481,11 @@ FRAME_PHASES: tuple[tuple[str, bool, str], ...] = (
      r"^(?![^|]*(?:site-packages|dist-packages|/lib/python\d))(?:[^|]*\|"
      r"(?:\w*_)?(?:val|valid|validate|validation|eval|evaluate|evaluation|test)(?:_\w*)?\||(?:[^|]*/)?"
      r"(?:val|valid|validate|validation|eval|evaluate|evaluation|test)\.py\|)"),
+    # Wrapping a model (FSDP/DDP construction, accelerate's prepare, deepspeed.initialize) is setting it up.
     ("model_setup", True,
-     r"\|(?:build|create|get|make|init|setup|load)_?(?:model|network|net|backbone|arch)\w*\||from_pretrained"),
+     r"\|(?:build|create|get|make|init|setup|load)_?(?:model|network|net|backbone|arch)\w*\||from_pretrained|"
+     r"torch/distributed/fsdp/[^|]*\|__init__\||torch/nn/parallel/distributed\.py\|__init__\||"
+     r"accelerate/accelerator\.py\|prepare\w*\||deepspeed/__init__\.py\|initialize\|"),
     ("loss_computation", False,
      r"torch/nn/modules/loss\.py|\|(?:\w*loss\w*|criterion|\w*entropy\w*|kl_div)\||\b(?:criterion|loss_fn|"
      r"loss_func|compute_loss)\(|F\.\w*(?:loss|entropy)\w*\("),
