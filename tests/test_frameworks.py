@@ -35,9 +35,6 @@ class Job:
     def train_history(self) -> dict[int, dict]:
         return {h["step"]: h for h in self.history if "loss" in h}
 
-    def eval_history(self) -> dict[int, dict]:
-        return {h["step"]: h for h in self.history if "eval_loss" in h}
-
 
 def _hf_job(factory: pytest.TempPathFactory, name: str, options: tuple[str, ...], args: tuple[str, ...]) -> Job:
     runner = Runner(factory.mktemp(name))
@@ -50,14 +47,16 @@ def _hf_job(factory: pytest.TempPathFactory, name: str, options: tuple[str, ...]
 
 @pytest.fixture(scope="module")
 def hf_accum1(tmp_path_factory: pytest.TempPathFactory) -> Job:
-    return _hf_job(tmp_path_factory, "hf1", (), ("--accum", "1"))
+    """Two eval datasets (a dict): eval_a_loss and eval_b_loss."""
+    return _hf_job(tmp_path_factory, "hf1", (), ("--accum", "1", "--eval-sets"))
 
 
 @pytest.fixture(scope="module")
 def hf_accum4(tmp_path_factory: pytest.TempPathFactory) -> Job:
-    """Accumulation 4; the collator raises in step 6 of the first attempt, after checkpoint-4."""
+    """Accumulation 4, a Trainer subclass with its own compute_loss; the collator raises in step 6 of the first
+    attempt, after checkpoint-4."""
     return _hf_job(tmp_path_factory, "hf4", ("--restart", "on-failure", "--restart-on", "all", "--backoff", "0"),
-                   ("--accum", "4", "--crash-at", "26"))
+                   ("--accum", "4", "--crash-at", "26", "--subclass"))
 
 
 def _assert_steps_match(job: Job) -> None:
@@ -73,14 +72,20 @@ def _assert_steps_match(job: Job) -> None:
         assert int(row["epoch"]) == math.ceil(h["epoch"]) - 1  # 1.0, the end of the first epoch, is epoch 0
 
 
-def _assert_validation_one_series(job: Job) -> None:
-    evals = job.eval_history()
-    assert sorted(evals) == [4, 8]
-    assert not any(k.startswith("validation_loss/") for k in job.rows[0]), "one series, not one per eval loader"
-    got = {int(r["step"]): float(r["validation_loss"]) for r in job.rows if r["validation_loss"]}
-    assert set(got) == set(evals)
-    for step, value in got.items():
-        assert math.isclose(value, evals[step]["eval_loss"], rel_tol=1e-6), (step, value, evals[step])
+def _assert_validation_one_series(job: Job, sets: tuple[str, ...] = ("",)) -> None:
+    """One series per eval dataset however many eval loaders Trainer builds: eval_loss is validation_loss, a dict's
+    eval_<name>_loss is validation_loss/<name>."""
+    columns = {f"validation_loss/{name}" if name else "validation_loss" for name in sets}
+    assert {k for r in job.rows for k, v in r.items() if k.startswith("validation_loss") and v} == columns
+    for name in sets:
+        key = f"eval_{name}_loss" if name else "eval_loss"
+        evals = {h["step"]: h[key] for h in job.history if key in h}
+        assert sorted(evals) == [4, 8]
+        column = f"validation_loss/{name}" if name else "validation_loss"
+        got = {int(r["step"]): float(r[column]) for r in job.rows if r[column]}
+        assert set(got) == set(evals)
+        for step, value in got.items():
+            assert math.isclose(value, evals[step], rel_tol=1e-6), (step, value, evals[step])
 
 
 def _checkpoints(job: Job) -> list[tuple[int, str, int]]:
@@ -92,8 +97,8 @@ def test_hf_trainer_matches_log_history(hf_accum1: Job) -> None:
     assert len(hf_accum1.rows) == 8
 
 
-def test_hf_trainer_validation_is_one_series_of_eval_loss(hf_accum1: Job) -> None:
-    _assert_validation_one_series(hf_accum1)
+def test_hf_trainer_validation_is_one_series_per_eval_dataset(hf_accum1: Job) -> None:
+    _assert_validation_one_series(hf_accum1, ("a", "b"))
 
 
 def test_hf_trainer_checkpoint_directories_counted_once(hf_accum1: Job) -> None:
@@ -144,7 +149,8 @@ def _lightning_job(factory: pytest.TempPathFactory, name: str, options: tuple[st
 
 @pytest.fixture(scope="module")
 def lightning_accum1(tmp_path_factory: pytest.TempPathFactory) -> LightningJob:
-    return _lightning_job(tmp_path_factory, "pl1", (), ("--accum", "1"))
+    """Two validation dataloaders."""
+    return _lightning_job(tmp_path_factory, "pl1", (), ("--accum", "1", "--val-sets", "2"))
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +179,7 @@ def _assert_matches_metrics_csv(job: LightningJob, steps: int) -> None:
 
 def test_lightning_self_log_matches_metrics_csv(lightning_accum1: LightningJob) -> None:
     assert len(lightning_accum1.csv) == 3 * 8 + 3 * 2  # 8 steps an epoch, then val_loss and train_loss_epoch
+    assert {"val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1", "train_mae"} <= lightning_accum1.csv[0].keys()
     _assert_matches_metrics_csv(lightning_accum1, 24)
     lrs = [float(r["learning_rate"]) for r in lightning_accum1.rows]
     assert lrs == [0.05] * 8 + [0.025] * 8 + [0.0125] * 8  # StepLR per epoch: the lr each step used

@@ -4,8 +4,10 @@
   ``state.global_step`` with Trainer's own numbers: ``loss`` (the mean over the logging window, on the scale
   Trainer means, whatever the gradient accumulation), ``learning_rate``, ``grad_norm`` as ``gradient_norm``,
   every ``eval_*`` as ``validation_*`` (``eval_loss`` is ``validation_loss``: one series however many eval
-  DataLoaders Trainer builds), the rest under Trainer's names; Trainer's fractional epoch is ``epoch_progress``
-  and the event's epoch is the one in progress (1.0, the end of the first, is still epoch 0).
+  DataLoaders Trainer builds; with a dict of eval datasets, ``eval_<name>_loss`` is ``validation_loss/<name>``,
+  known from the ``metric_key_prefix`` of the ``Trainer.evaluate`` in progress), the rest under Trainer's
+  names; Trainer's fractional epoch is ``epoch_progress`` and the event's epoch is the one in progress (1.0,
+  the end of the first, is still epoch 0).  ``trainer.evaluate()`` before any training is at step 0.
 - ``Trainer.__init__``: from then on Trainer owns ``loss`` and the validation series (see ``frameworks``).
 - ``Trainer._save_checkpoint``: one checkpoint, the ``checkpoint-N/`` directory (what Trainer resumes from),
   not one per file inside it.
@@ -28,14 +30,19 @@ OWNED = frozenset({"loss"})
 SRC = "transformers"
 
 
-def metrics(logs: dict) -> dict:
-    """Trainer's log dict under tlog's names."""
+def metrics(logs: dict, prefix: str = "eval") -> dict:
+    """Trainer's log dict under tlog's names; ``prefix`` is the ``metric_key_prefix`` of the ``evaluate`` in
+    progress (``eval_<name>`` for each set of a dict of eval datasets: its ``eval_<name>_loss`` is
+    ``validation_loss/<name>``)."""
+    named = prefix + "_" if prefix.startswith("eval_") else None
     out: dict[str, Any] = {}
     for key, value in frameworks.scalars(logs).items():
         if key == "epoch":
             out["epoch_progress"] = value
         elif key == "grad_norm":
             out["gradient_norm"] = value
+        elif named is not None and key.startswith(named):
+            out[f"validation_{key[len(named):]}/{prefix[5:]}"] = value
         elif key.startswith("eval_"):
             out["validation_" + key[5:]] = value
         else:
@@ -63,6 +70,8 @@ def install(em: Emitter) -> None:
 
     original_init, original_log = Trainer.__init__, Trainer.log
     original_save, original_train = Trainer._save_checkpoint, Trainer.train
+    original_evaluate = Trainer.evaluate
+    prefixes = ["eval"]  # the metric_key_prefix of each evaluate in progress, innermost last
 
     @functools.wraps(original_init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -72,7 +81,16 @@ def install(em: Emitter) -> None:
     @functools.wraps(original_log)
     def log(self: Any, logs: dict, *args: Any, **kwargs: Any) -> None:
         original_log(self, logs, *args, **kwargs)
-        frameworks.guard(em, "hf", _record, em, self, logs)
+        frameworks.guard(em, "hf", _record, em, self, logs, prefixes[-1])
+
+    @functools.wraps(original_evaluate)
+    def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        prefix = kwargs.get("metric_key_prefix", args[2] if len(args) > 2 else "eval")
+        prefixes.append(prefix if isinstance(prefix, str) else "eval")
+        try:
+            return original_evaluate(self, *args, **kwargs)
+        finally:
+            prefixes.pop()
 
     @functools.wraps(original_save)
     def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
@@ -87,11 +105,11 @@ def install(em: Emitter) -> None:
         return original_train(self, resume_from_checkpoint, *args, **kwargs)
 
     Trainer.__init__, Trainer.log = __init__, log
-    Trainer._save_checkpoint, Trainer.train = _save_checkpoint, train
+    Trainer._save_checkpoint, Trainer.train, Trainer.evaluate = _save_checkpoint, train, evaluate
 
 
-def _record(em: Emitter, trainer: Any, logs: dict) -> None:
-    data = metrics(logs)
+def _record(em: Emitter, trainer: Any, logs: dict, prefix: str) -> None:
+    data = metrics(logs, prefix)
     em.metrics(data, trainer.state.global_step, epoch_index(data.get("epoch_progress")), None, src=SRC)
 
 
