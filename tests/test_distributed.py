@@ -389,6 +389,10 @@ def test_joining_a_node_twice_is_refused(tmp_path: Path) -> None:
     assert layout.join_experiment_dir(tmp_path, "job", 0) == exp and layout.node_ids(exp) == [0, 1]
     with pytest.raises(layout.ExperimentError, match="already has node 1's files"):
         layout.join_experiment_dir(tmp_path, "job", 1)
+    (tmp_path / "planted").symlink_to(tmp_path / "job", target_is_directory=True)
+    with pytest.raises(layout.ExperimentError, match="is a symbolic link; tlog does not write through it"):
+        layout.join_experiment_dir(tmp_path, "planted", 2)
+    assert layout.node_ids(exp) == [0, 1], "nothing written in the link's target"
 
 
 def test_panel_shows_a_line_per_rank_and_who_failed_first() -> None:

@@ -62,6 +62,8 @@ def join_experiment_dir(log_dir: Path, name: str, node: int) -> Path:
     validate_name(name)
     exp_dir = log_dir / name
     exp_dir.mkdir(parents=True, exist_ok=True)
+    if exp_dir.is_symlink():  # planted in a shared log dir: the nodes' files would land in its target
+        raise ExperimentError(f"{exp_dir} is a symbolic link; tlog does not write through it: give a new --name")
     events = exp_dir / node_file(EVENTS, node)
     try:
         os.close(os.open(events, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
