@@ -321,7 +321,8 @@ RULES: tuple[Rule, ...] = (
     Rule("config_file_missing", CONFIG, "configuration file not found",
          reason="a missing YAML/TOML/INI file is a launch-argument mistake",
          message=r"^(?:\w+\.)*FileNotFoundError: .*\.(?:ya?ml|toml|ini|cfg|conf)['\"]"),
-    Rule("config_value_type", CONFIG, "a config value has the wrong type (a number read as a string?)",
+    Rule("config_value_type", CONFIG, "a config value has the wrong type (a number read as a string?) or is out of "
+                                      "range",
          reason="YAML reads '3e-4' as a string; the library raises, but the value comes from the config",
          message=r"not supported between instances of '(?:float|int)' and 'str'|"
                  r"not supported between instances of 'str' and '(?:float|int)'|Invalid (?:learning rate|lr|"
