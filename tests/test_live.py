@@ -73,6 +73,7 @@ def test_a_termination_signal_to_tlog_loses_no_step_the_script_ran(runner: Runne
     stdout = "".join(printed) + out
     assert proc.returncode == 128 + signum, err
     assert ("HANDLED " + signal.Signals(signum).name in stdout) == handler, "the script's own handler ran"
+    assert "hook/signals.py" not in err, "a KeyboardInterrupt's traceback is the script's own"
     with open(runner.exp("term") / "training_metrics.csv", newline="") as f:
         recorded = [int(row["step"]) for row in csv.DictReader(f) if row["loss"]]
     assert _last_step(stdout) == 30 and recorded == list(range(1, 31))
@@ -84,6 +85,7 @@ from tlog.hook import signals
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 signals.install(lambda: print("flushed", flush=True))
 assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+assert signals._real_getsignal(signal.SIGINT) is signal.default_int_handler, "KeyboardInterrupt as it was"
 mine = lambda s, f: print("mine", s, flush=True)
 assert signal.signal(signal.SIGTERM, mine) is signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is mine
 os.kill(os.getpid(), signal.SIGHUP)  # ignored: no flush, no death

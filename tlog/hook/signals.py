@@ -4,10 +4,11 @@
 send them too.  Their default action ends the process without ``atexit``, so the steps since the probe's last
 report (and the held ``tlog.log`` calls) would be lost.  The hook therefore stands in front of these signals:
 its handler sends what is held, then does exactly what would have happened without tlog: the script's own
-handler runs, or the default action (the process dies of the signal, its exit status unchanged; SIGINT's
-``KeyboardInterrupt``).  A handler the script installs later is kept, not replaced: ``signal.signal`` and
-``signal.getsignal`` are wrapped so the script sets and reads its own handler while the hook's stays in front
-of it.  An ignored signal stays ignored.
+handler runs, or the default action (the process dies of the signal, its exit status unchanged).  A handler
+the script installs later is kept, not replaced: ``signal.signal`` and ``signal.getsignal`` are wrapped so the
+script sets and reads its own handler while the hook's stays in front of it.  An ignored signal stays
+ignored.  SIGINT's default needs no help: its ``KeyboardInterrupt`` unwinds through ``atexit``, which sends
+what is held.
 
 A signal lands between any two bytecodes, the probe's own included; when the script's handler lets the
 process go on and the probe was interrupted mid-update, nothing is sent now (its next report, or the exit,
@@ -42,7 +43,7 @@ def install(flush: Callable[[], None]) -> None:
         if current is signal.SIG_IGN or current is None:  # ignored (nohup), or a handler not set from Python
             continue
         _script[signum] = current
-        _real_signal(signum, _handler)
+        _real_signal(signum, _front(current))
     signal.signal = _signal  # type: ignore[assignment]  # the same signature, typed loosely
     signal.getsignal = _getsignal  # type: ignore[assignment]
 
@@ -52,9 +53,16 @@ def _signal(signum: Any, handler: Any) -> Any:
     if signum not in _script:
         return _real_signal(signum, handler)
     previous = _script[signum]
-    _real_signal(signum, signal.SIG_IGN if handler is signal.SIG_IGN else _handler)  # its errors, its checks
+    _real_signal(signum, _front(handler))  # its errors, its checks
     _script[signum] = handler
     return previous
+
+
+def _front(handler: Any) -> Any:
+    """What the process really installs: the hook's handler, except where it has nothing to add.  An ignored
+    signal stays ignored; Python's own SIGINT handler raises KeyboardInterrupt, whose unwinding runs the
+    probe's exit report anyway (and the user's traceback keeps no frame of tlog's)."""
+    return handler if handler is signal.SIG_IGN or handler is signal.default_int_handler else _handler
 
 
 def _getsignal(signum: Any) -> Any:
