@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,16 @@ def test_config_init_writes_the_defaults_and_refuses_to_overwrite(runner: Runner
     assert res.returncode == 0 and res.stdout == "wrote tlog.toml\n"
     written = (runner.cwd / "tlog.toml").read_text()
     assert written.startswith("# tlog settings") and "[monitoring_thresholds]" in written
+    # one table of defaults: tlog run --help shows them, config init writes them, a run records them
+    policy = before["restart_policy"]
+    recorded = {key: before[key] for key in ("grace", "log_every", "grad_norm", "status_every", "monitor_interval")}
+    recorded |= {"restart": "on-failure" if policy["on_failure"] else "never", "max_restarts": policy["max_restarts"],
+                 "backoff": policy["backoff_s"], "backoff_max": policy["backoff_max_s"]}
+    help_text = " ".join(runner.run("run", "--help").stdout.split())
+    shown = {key: re.search(rf"--{key.replace('_', '-')} <\w+( range)?> .*?\[default: ([^;\]]+)", help_text)[2]
+             for key in recorded}
+    assert shown == {key: str(value) for key, value in recorded.items()}
+    assert tomllib.loads(written)["run"] == recorded == config.RUN_DEFAULTS
     assert config.load(runner.cwd).values["run"]["monitor_interval"] == before["monitor_interval"]
     assert used("starter") == before, "the starter changes nothing until it is edited (no limits turned on)"
     (runner.cwd / "tlog.toml").write_text("log_dir = 'mine'\n")

@@ -15,6 +15,8 @@ import typer
 from typer.core import TyperCommand
 
 from tlog import protocol
+from tlog.settings import RUN_DEFAULTS as RUN
+from tlog.store.layout import DEFAULT_LOG_DIR as LOG_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -24,7 +26,7 @@ LogDir = Annotated[Path, typer.Option("--log-dir", envvar=protocol.ENV_LOG_DIR,
                                       help="Directory holding experiments.")]
 Exp = Annotated[str | None, typer.Argument(help="Experiment name or path (default: the newest).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-DEFAULT_LOG_DIR = Path("training_logs")
+DEFAULT_LOG_DIR = Path(LOG_DIR)
 # Upper bounds of ``tlog run``'s numbers: a week is longer than any wait worth setting (and inf or 1e20 s would
 # overflow the timers: a traceback when they start), a billion more steps or restarts than any run has
 WEEK_S = 7 * 86400.0
@@ -62,38 +64,39 @@ def run(
     name: Annotated[str | None, typer.Option("--name", "-n", help="Experiment name "
                                              "(default: <script stem>-<YYYYmmdd-HHMMSS>).")] = None,
     log_dir: LogDir = DEFAULT_LOG_DIR,
-    grace: Annotated[float, typer.Option(min=0, max=WEEK_S,
-        help="Seconds between forwarding Ctrl-C/SIGTERM and killing.")] = 10.0,
+    grace: Annotated[float, typer.Option(
+        min=0, max=WEEK_S, help="Seconds between forwarding Ctrl-C/SIGTERM and killing.")] = RUN["grace"],
     no_instrument: Annotated[bool, typer.Option("--no-instrument",
                                                 help="Do not patch torch (or argparse) in the child.")] = False,
     log_every: Annotated[int, typer.Option(
-        min=0, max=COUNT_MAX, help="Captured metrics: one row every N optimizer steps with the mean loss of those "
-        "N (1: every step, exact). Default 0: the first step, then at most every 0.5 s.")] = 0,
+        min=0, max=COUNT_MAX, help="Captured metrics: one row every N optimizer steps with the mean loss of those N "
+        "(1: every step, exact; 0: the first step, then at most every 0.5 s).")] = RUN["log_every"],
     grad_norm: Annotated[int, typer.Option(
-        min=0, max=COUNT_MAX, help="Record the total gradient norm every N steps (0: off).")] = 0,
+        min=0, max=COUNT_MAX, help="Record the total gradient norm every N steps (0: off).")] = RUN["grad_norm"],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not echo the script's output.")] = False,
     panel: Annotated[bool | None, typer.Option("--panel/--no-panel", help="Live panel (default: when stdout "
                                                 "is a terminal).", show_default=False)] = None,
     status_every: Annotated[float, typer.Option(
-        min=0, max=WEEK_S, help="Off a terminal: seconds between status lines on stderr (0: none).")] = 30.0,
-    monitor_interval: Annotated[float, typer.Option(min=0.01, max=WEEK_S,
-        help="Seconds between resource readings.")] = 1.0,
+        min=0, max=WEEK_S, help="Off a terminal: seconds between status lines on stderr (0: none).")
+    ] = RUN["status_every"],
+    monitor_interval: Annotated[float, typer.Option(
+        min=0.01, max=WEEK_S, help="Seconds between resource readings.")] = RUN["monitor_interval"],
     hang_timeout: Annotated[float | None, typer.Option(
         min=0, max=WEEK_S, help="Seconds without progress (a step, an event) after which the run is declared "
         "hung: its stacks are dumped (faulthandler), it is stopped and the restart policy applies.  Default: "
         "calibrated by the run (30 min before the first step, then 10 x the slowest step, at least 5 min; see "
         "README).  "
         "0: off.", show_default=False)] = None,
-    restart_mode: Annotated[str, typer.Option("--restart", help="'never' or 'on-failure'.")] = "never",
-    max_restarts: Annotated[int, typer.Option(min=0, max=COUNT_MAX,
-        help="Restarts allowed with --restart on-failure.")] = 3,
+    restart_mode: Annotated[str, typer.Option("--restart", help="'never' or 'on-failure'.")] = RUN["restart"],
+    max_restarts: Annotated[int, typer.Option(
+        min=0, max=COUNT_MAX, help="Restarts allowed with --restart on-failure.")] = RUN["max_restarts"],
     restart_on: Annotated[str | None, typer.Option(
         help="Categories worth a restart, comma-separated, or 'all' (default: the transient ones: "
         "memory,network,device,system).", show_default=False)] = None,
-    backoff: Annotated[float, typer.Option(min=0, max=WEEK_S,
-        help="Seconds before the first restart; doubles each time.")] = 1.0,
-    backoff_max: Annotated[float, typer.Option(min=0, max=WEEK_S,
-        help="Cap on the delay between restarts, in seconds.")] = 60.0,
+    backoff: Annotated[float, typer.Option(
+        min=0, max=WEEK_S, help="Seconds before the first restart; doubles each time.")] = RUN["backoff"],
+    backoff_max: Annotated[float, typer.Option(
+        min=0, max=WEEK_S, help="Cap on the delay between restarts, in seconds.")] = RUN["backoff_max"],
     resume_arg: Annotated[str | None, typer.Option(
         help="Arguments appended on restarts only, e.g. '--resume {checkpoint}' ({step} also works).",
         show_default=False)] = None,
@@ -356,8 +359,7 @@ def config_init(
     from tlog.settings import ConfigError, init
 
     try:
-        run_params = cast(typer.core.TyperGroup, typer.main.get_command(app)).commands["run"].params
-        typer.echo(f"wrote {init(path, run_params, force)}")
+        typer.echo(f"wrote {init(path, force)}")
     except (ConfigError, OSError) as exc:
         raise Fail(str(exc), 2) from None
 
@@ -418,8 +420,6 @@ def _option_defaults(command: typer.core.TyperGroup) -> dict:
 
 
 def _print_json(obj: object) -> None:
-    from tlog import protocol
-
     sys.stdout.write(protocol.dumps(obj).decode() + "\n")
 
 

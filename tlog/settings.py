@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog import protocol
+from tlog.store.layout import DEFAULT_LOG_DIR
 
 FILENAME = "tlog.toml"
 SECTIONS = ("run", "monitoring_thresholds", "plot_config", "metric_modes")
@@ -28,14 +29,19 @@ THRESHOLD_KEYS = ("memory_usage_mb", "gpu_memory_mb", "check_interval_seconds", 
 PLOT_KEYS: dict[str, type | tuple[type, ...]] = {"figure_size": list, "dpi": (int, float), "save_format": str,
                                                  "smoothing": (int, float), "x": str}
 MAX_INCHES, DPI_RANGE = 100, (10, 1200)  # beyond: an image of gigabytes, or matplotlib's 2**16 px per side
+# ``tlog run``'s defaults, the one table that its options (and so ``tlog run --help``), ``RunOptions``, the
+# restart policy and ``tlog config init`` read; a key is the option's long name, as in [run].
+RUN_DEFAULTS: dict[str, Any] = {
+    "grace": 10.0, "log_every": 0, "grad_norm": 0, "status_every": 30.0, "monitor_interval": 1.0,
+    "restart": "never", "max_restarts": 3, "backoff": 1.0, "backoff_max": 60.0,
+}
 DEFAULTS: dict[str, Any] = {
-    "log_dir": "training_logs",
+    "log_dir": DEFAULT_LOG_DIR,
     "run": {},
     "monitoring_thresholds": {"memory_usage_mb": None, "gpu_memory_mb": None, "check_interval_seconds": None},
     "plot_config": {"figure_size": None, "dpi": 100, "save_format": "png", "smoothing": 0.6, "x": "step"},
     "metric_modes": {},
 }
-STARTER_RUN = ("grace", "monitor_interval", "restart", "max_restarts", "backoff", "backoff_max")
 STARTER_THRESHOLDS = """
 [monitoring_thresholds]  # off unless set: warn when the run's RSS or a GPU's memory passes a value (MB)
 # memory_usage_mb = 16000
@@ -230,25 +236,23 @@ def _convert(param: Any, value: Any, source: str, key: str) -> Any:
         raise ConfigError(f"{source}: [run] {key} = {value!r}: {exc}") from None
 
 
-def starter_text(run_params: list[Any]) -> str:
-    """The defaults as they are, read from where they are decided: ``tlog run``'s own options (its click
-    ``run_params``) and DEFAULTS; thresholds that are off by default are shown commented out, so a starter
-    file changes nothing until it is edited."""
+def starter_text() -> str:
+    """The defaults as they are, read from where they are decided (RUN_DEFAULTS, DEFAULTS); thresholds that are
+    off by default are shown commented out, so a starter file changes nothing until it is edited."""
     import tomli_w
 
-    options = _run_options(run_params)
     values = {
         "log_dir": DEFAULTS["log_dir"],
-        "run": {key: options[key].default for key in STARTER_RUN},
+        "run": dict(RUN_DEFAULTS),
         "plot_config": {k: v for k, v in DEFAULTS["plot_config"].items() if v is not None},
         "metric_modes": {"loss": "min", "accuracy": "max"},
     }
     return STARTER_HEADER + tomli_w.dumps(values) + STARTER_THRESHOLDS
 
 
-def init(path: Path, run_params: list[Any], force: bool = False) -> Path:
+def init(path: Path, force: bool = False) -> Path:
     """Write a starter tlog.toml; an existing file is kept unless ``force``."""
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; use --force to overwrite it")
-    path.write_text(starter_text(run_params))
+    path.write_text(starter_text())
     return path

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tlog.settings import RUN_DEFAULTS as RUN
 from tlog.store import layout
 from tlog.supervisor import restart, scheduler, torchrun
 
@@ -24,20 +25,20 @@ class RunOptions:
     is_command: bool = False
     name: str | None = None
     log_dir: str = layout.DEFAULT_LOG_DIR
-    grace: float = 10.0
+    grace: float = RUN["grace"]
     instrument: bool = True
     quiet: bool = False
     panel: bool | None = None
-    status_every: float = 30.0
-    monitor_interval: float = 1.0
+    status_every: float = RUN["status_every"]
+    monitor_interval: float = RUN["monitor_interval"]
     monitor_window: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
     hang_timeout: float | None = None
     restart_policy: restart.RestartPolicy = field(default_factory=restart.RestartPolicy)
     resume_arg: str | None = None
     checkpoint_glob: str | None = None
-    log_every: int = 0  # probe reports every N steps; 0: at the first step, then at most every 0.5 s
-    grad_norm: int = 0  # probe records the total gradient norm every N steps; 0: off
+    log_every: int = RUN["log_every"]  # probe reports every N steps; 0: at the first step, then every 0.5 s at most
+    grad_norm: int = RUN["grad_norm"]  # probe records the total gradient norm every N steps; 0: off
     scrape: tuple[str, ...] = ()  # --scrape: "" for the default pattern, else the user's regexes; () off
     settings: dict = field(default_factory=dict)  # tlog.toml / [tool.tlog] values (tlog.settings), saved with the run
     dist: torchrun.DistOptions | None = None  # --nproc-per-node & co.: the script runs under torchrun

@@ -27,6 +27,7 @@ from enum import StrEnum
 from tlog import protocol
 from tlog.diagnosis import rules as R
 from tlog.diagnosis.rules import TRANSIENT
+from tlog.settings import RUN_DEFAULTS as RUN
 
 ALL = "all"
 KNOWN_CATEGORIES = frozenset(R.CATEGORIES)
@@ -55,11 +56,11 @@ _FINAL = frozenset({State.FINISHED, State.FAILED, State.GAVE_UP, State.CRASH_LOO
 class RestartPolicy:
     """What ``--restart``, ``--max-restarts``, ``--restart-on`` and ``--backoff``/``--backoff-max`` allow."""
 
-    on_failure: bool = False
-    max_restarts: int = 3
+    on_failure: bool = RUN["restart"] == "on-failure"
+    max_restarts: int = RUN["max_restarts"]
     restart_on: tuple[str, ...] | None = None  # None: each failure's own verdict (the rule that diagnosed it)
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
+    backoff_s: float = RUN["backoff"]
+    backoff_max_s: float = RUN["backoff_max"]
 
     @classmethod
     def parse(cls, mode: str, max_restarts: int, restart_on: str | None, backoff_s: float,
