@@ -610,3 +610,12 @@ def test_compile_wrapping_and_tracker_failures_are_read_by_what_they_wrap() -> N
     d = classify_text(_traceback(wandb, "wandb.errors.errors.CommError: Run initialization has timed out after 90.0 "
                                         "sec."))
     assert (d.category, d.transient) == ("network", True), d.cause
+
+
+@pytest.mark.parametrize(("line", "category"), [("cfg = json.load(open(args.cfg))", "configuration"),
+                                                ("rows = [json.loads(l) for l in open(shard)]", "unknown")])
+def test_a_json_decode_error_is_configuration_only_where_the_user_read_a_config(line: str, category: str) -> None:
+    frames = [("/home/u/launch.py", "<module>", line),
+              ("/usr/lib/python3.10/json/decoder.py", "raw_decode", "obj, end = self.scan_once(s, idx)")]
+    d = classify_text(_traceback(frames, "json.decoder.JSONDecodeError: Expecting ',' delimiter: line 12 column 5"))
+    assert d.category == category, d.cause

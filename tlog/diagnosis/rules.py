@@ -318,6 +318,11 @@ RULES: tuple[Rule, ...] = (
                 "OverrideParseException", "InterpolationResolutionError", "ScannerError", "ParserError",
                 "ComposerError", "ConstructorError", "TOMLDecodeError", "InstantiationException"),
          message=r"Could not override '|Key '[^']+' is not in struct|hydra\.errors"),
+    Rule("config_json", CONFIG, "the configuration file does not parse",
+         reason="JSON carries data as often as settings: a decode error is configuration when the user's line that "
+                "read it names a config",
+         types=("JSONDecodeError",),
+         site=r"(?i)\b\w*(?:cfg|config|conf|settings|hparams|hyperparams)\w*\b"),
     Rule("config_file_missing", CONFIG, "configuration file not found",
          reason="a missing YAML/TOML/INI file is a launch-argument mistake",
          message=r"^(?:\w+\.)*FileNotFoundError: .*\.(?:ya?ml|toml|ini|cfg|conf)['\"]"),
