@@ -89,6 +89,8 @@ assert signals._real_getsignal(signal.SIGINT) is signal.default_int_handler, "Ke
 mine = lambda s, f: print("mine", s, flush=True)
 assert signal.signal(signal.SIGTERM, mine) is signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is mine
 os.kill(os.getpid(), signal.SIGHUP)  # ignored: no flush, no death
+assert signal.signal(signal.SIGHUP, 1) is signal.SIG_IGN  # SIG_IGN as a plain int
+os.kill(os.getpid(), signal.SIGHUP)
 os.kill(os.getpid(), signal.SIGTERM)  # flushed, then the script's handler
 assert signal.signal(signal.SIGTERM, signal.SIG_DFL) is mine
 os.kill(os.getpid(), signal.SIGTERM)  # flushed, then the default action

@@ -40,7 +40,7 @@ def install(flush: Callable[[], None]) -> None:
         if signum in _script:
             continue
         current = _real_getsignal(signum)
-        if current is signal.SIG_IGN or current is None:  # ignored (nohup), or a handler not set from Python
+        if current is None:  # a handler not set from Python: left alone
             continue
         _script[signum] = current
         _real_signal(signum, _front(current))
@@ -62,7 +62,8 @@ def _front(handler: Any) -> Any:
     """What the process really installs: the hook's handler, except where it has nothing to add.  An ignored
     signal stays ignored; Python's own SIGINT handler raises KeyboardInterrupt, whose unwinding runs the
     probe's exit report anyway (and the user's traceback keeps no frame of tlog's)."""
-    return handler if handler is signal.SIG_IGN or handler is signal.default_int_handler else _handler
+    ignored = not callable(handler) and handler == signal.SIG_IGN  # the enum member or its plain int
+    return handler if ignored or handler is signal.default_int_handler else _handler
 
 
 def _getsignal(signum: Any) -> Any:
@@ -80,7 +81,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if callable(action):
         action(signum, frame)
         return
-    if action is signal.SIG_IGN:
+    if action == signal.SIG_IGN:
         return
     _real_signal(signum, signal.SIG_DFL)  # the default action: the process dies of this signal
     signal.raise_signal(signum)
