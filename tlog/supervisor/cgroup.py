@@ -7,7 +7,8 @@ container's own cgroup, ``systemd-run --user --scope -p Delegate=yes``, root on 
 managing that cgroup), each attempt gets ``<tlog's cgroup>/tlog-<pid>-<attempt>``, its child enters it
 between fork and exec (so nothing it starts is ever outside), and at the end the cgroup is killed, waited
 empty and removed.  Where the memory controller is enabled for it, ``limits.memory_scope`` of the child finds
-the cgroup first: the run's own ``memory.current`` and ``memory.events`` OOM kills.
+the cgroup first: the run's own ``memory.current`` and limit (the OOM-kill counter read before and after an
+attempt is tlog's own cgroup's, which in v2 counts its children's).
 
 Anywhere else (cgroup v1 only, a read-only ``/sys/fs/cgroup``, a systemd unit that did not delegate) nothing
 is made and ``proctree`` alone ends the run, as it does in every case anyway.  The cgroup is an addition,
