@@ -45,6 +45,9 @@ def test_the_child_enters_and_everything_listed_is_the_runs_and_is_killed(tmp_pa
         foreign_session.wait()
     scope = limits.MemoryScope(2, (group.path,))
     assert scope.limit() == (4 << 20, "cgroup v2") and scope.oom_kills() == 1, "the run's own memory and OOM kills"
+    (group.path / "tlog-2-1" / "tlog-3-1").mkdir(parents=True)  # nested runs' cgroups, left by a kill
+    group.remove()
+    assert not (group.path / "tlog-2-1").exists()
 
 
 def test_the_guardian_kills_the_cgroup_when_tlog_is_gone(tmp_path: Path) -> None:

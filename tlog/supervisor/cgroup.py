@@ -103,14 +103,17 @@ class RunCgroup:
         return "populated 1" in text
 
     def remove(self) -> None:
-        """Kill what is left, wait until the kernel has emptied it (bounded), and remove the directory."""
+        """Kill what is left, wait until the kernel has emptied it (bounded), and remove the directory, with the
+        cgroups inside it (a nested ``tlog run``'s, left by a kill), deepest first."""
         if self.populated():
             self.kill()
             deadline = time.monotonic() + EMPTY_WAIT_S
             while self.populated() and time.monotonic() < deadline:
                 time.sleep(0.01)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+        inner = [d for d in self.path.rglob("*") if d.is_dir() and not d.is_symlink()]
+        for d in [*sorted(inner, key=lambda d: len(d.parts), reverse=True), self.path]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _ours_to_divide(base: Path) -> bool:
