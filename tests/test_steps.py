@@ -92,3 +92,12 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_report(runner: Runner) -
     span = truth[150][-1] - truth[last][-1]
     print(f"SIGKILL at step 150 lost {lost} steps ({span:.3f} s of training)")
     assert span < AUTO_INTERVAL_S + 0.2
+
+
+def test_held_log_lines_reach_the_store_without_another_call_and_survive_sigkill(runner: Runner) -> None:
+    """No torch probe: tlog.log lines are held and written together (emitter.HOLD_S); a script that stops
+    calling still delivers them (the script waits until events.jsonl holds every value, then SIGKILLs itself)."""
+    res = runner.run("run", "--name", "held", script("log_then_kill.py"), "300", timeout=60)
+    assert res.returncode == 128 + 9, res.stderr
+    rows = list(csv.DictReader(open(runner.exp("held") / "training_metrics.csv", newline="")))
+    assert [(int(r["step"]), float(r["value"])) for r in rows] == [(i, i * 0.5) for i in range(1, 301)]

@@ -1,22 +1,29 @@
 """Where the child's events go: the supervisor's pipe, or (with no supervisor) the store.
 
 Runs inside the training process, so it is stdlib-only and the path of
-``tlog.log()`` is a few attribute reads, one ``dumps`` and one ``write``.
-Events are written synchronously: an event that ``log()`` returned from is in
-the pipe, so a SIGKILL a moment later loses nothing.  The exception is a run
-the torch probe reports for: there a ``tlog.log`` call is held (an append,
-no encoding, no write) and sent with the probe's next report, its values in
-the window's per-step columns, so a value logged at a step shares that
-step's row and a device tensor is read with the window, never on its own.
-A SIGKILL then loses what the probe's window loses: the steps since the
-last report.
+``tlog.log()`` is a few attribute reads, one ``dumps`` and an append.
+Every event but a script's own metrics is written at once (the probe's
+reports, crashes, phases, warnings), after the metrics lines still held.
+A script's metrics lines are held and written together: when ``HOLD_LINES``
+are held, at the next other event, at exit or a termination signal, and by a
+flusher thread ``HOLD_S`` after the first held line (so a script that then
+blocks still delivers them); a write per call is most of its cost.  A SIGKILL
+loses at most the calls of the last ``HOLD_S``.  In a run the torch probe
+reports for, a ``tlog.log`` call is held earlier still (an append, no
+encoding) and sent with the probe's next report, its values in the window's
+per-step columns, so a value logged at a step shares that step's row and a
+device tensor is read with the window, never on its own.  A SIGKILL then
+loses what the probe's window loses: the steps since the last report.
 """
 
 from __future__ import annotations
 
+import _thread
+import atexit
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +31,8 @@ from tlog import protocol
 
 MAX_DEFERRED = 10_000  # held tlog.log calls before they are sent anyway (one device sync per this many)
 MAX_DEFERRED_S = 5.0  # ... or once the oldest has waited this long
+HOLD_LINES = 256  # a script's metrics lines held before they are written together (about 30 KB, in one write)
+HOLD_S = 0.1  # ... or once the first of them has waited this long (the SIGKILL bound of a run without the probe)
 
 
 def _context_from_env() -> dict[str, int]:
@@ -154,8 +163,10 @@ class Emitter:
             self.send_metrics(*call)
 
     def flush_deferred(self) -> None:
-        """Emit the held-back calls now, their device values read together (one sync)."""
+        """Emit the held-back calls now, their device values read together (one sync), and write any held
+        line (exit, a termination signal)."""
         if not self.deferred:
+            self.flush_lines()
             return
         held, tensors = self.take_deferred()
         try:
@@ -185,6 +196,9 @@ class Emitter:
     def _send(self, kind: str, data: dict, context: dict) -> None:
         raise NotImplementedError
 
+    def flush_lines(self) -> None:
+        """Write what is encoded but held (nothing to do where events are not held)."""
+
     def close(self, status: str | None = None) -> None:
         """Called at interpreter exit; the wire needs nothing, the store finalises."""
 
@@ -200,6 +214,9 @@ class WireEmitter(Emitter):
     def __init__(self, fd: int = 1) -> None:
         super().__init__()
         self._fd = os.dup(fd)
+        self._held: deque[bytes] = deque()
+        self._lock = _thread.allocate_lock()
+        self._wakeup: _thread.LockType | None = None
         os.register_at_fork(after_in_child=self._forked)
         self.metrics = self._first_metrics  # type: ignore[method-assign]  # one call, then the class's own
 
@@ -212,14 +229,65 @@ class WireEmitter(Emitter):
     def _forked(self) -> None:
         """A forked DataLoader worker must not report as if it were the trainer."""
         self.enabled = False
+        self._held.clear()  # the parent's to write
 
     def _send(self, kind: str, data: dict, context: dict) -> None:
         if self.context:
             context = {**self.context, **context}
         line = protocol.encode(kind, data, **context)
+        held = self._held
+        if kind == "metrics" and context.get("src") != "auto":  # the script's own: held (see the module doc)
+            held.append(line)
+            n = len(held)
+            if n == 1:
+                self._wake()
+            elif n >= HOLD_LINES:
+                self.flush_lines()
+            return
+        held.append(line)
+        self.flush_lines()
+
+    def flush_lines(self) -> None:
+        """Write the held lines, in order, with one write (under a lock: the flusher thread writes too, and a
+        line written beside one of its writes could overtake it)."""
+        held = self._held
+        if not held:
+            return
+        with self._lock:
+            popleft = held.popleft
+            self._write(b"".join([popleft() for _ in range(len(held))]))
+
+    def _write(self, data: bytes) -> None:
         fd = self._fd
-        while line:
-            line = line[os.write(fd, line):]
+        while data:
+            data = data[os.write(fd, data):]
+
+    def _wake(self) -> None:
+        """The first held line: the flusher writes it within HOLD_S (started here once, with the exit hook)."""
+        if self._wakeup is None:
+            self._wakeup = _thread.allocate_lock()
+            self._wakeup.acquire()
+            atexit.register(self._flush_quietly)
+            _thread.start_new_thread(self._flusher, ())
+        try:
+            self._wakeup.release()
+        except RuntimeError:  # already released: the flusher has not woken yet, it will write this line too
+            pass
+
+    def _flusher(self) -> None:
+        wakeup = self._wakeup
+        assert wakeup is not None
+        while self.enabled:
+            wakeup.acquire()
+            while self._held and self.enabled:
+                time.sleep(HOLD_S)
+                self._flush_quietly()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush_lines()
+        except OSError as exc:  # the pipe is gone: nothing more can be delivered
+            self._off(exc)
 
 
 class StoreEmitter(Emitter):
