@@ -72,7 +72,7 @@ def install(em: Emitter) -> None:
     def passing(original: Any) -> Any:
         @functools.wraps(original)
         def __iter__(self: Any) -> Any:
-            owner = Pass()
+            owner = Pass(getattr(self, "base_dataloader", None))
             for batch in original(self):
                 frameworks.guard(em, SRC, owner.batch)
                 yield batch
@@ -112,9 +112,10 @@ def _state_dir(accelerator: Any, output_dir: Any) -> str | None:
 class Pass:
     """One iteration of an accelerate loader: the probe's pass over its base loader, ended when it ends."""
 
-    __slots__ = ("gathered", "side")
+    __slots__ = ("base", "gathered", "side")
 
-    def __init__(self) -> None:
+    def __init__(self, base: Any) -> None:
+        self.base = base  # the wrapped DataLoader: the probe's pass is over it
         self.side: Any = None
         self.gathered: dict[int, tuple[Any, Any]] = {}  # batch -> (first gathered value, gathered values)
 
@@ -124,7 +125,7 @@ class Pass:
         side = probe.side if probe is not None else None
         if side is None:
             return
-        if self.side is None and side.owner is None:
+        if self.side is None and side.owner is None and side.loader() is self.base:
             self.side, side.owner = side, self
         if side is self.side:
             side.taken = False  # its first loss is this batch's, whatever the prefetch did
