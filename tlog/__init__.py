@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tlog import protocol as _protocol
-from tlog.hook import emitter as _emitter
+from tlog.hook import registry as _registry
 
 __version__ = "0.1.0"
 __all__ = ["checkpoint", "config", "load", "log", "phase", "resume_checkpoint"]
@@ -28,7 +28,7 @@ _COMPAT = frozenset({
 def log(metrics: Mapping[str, Any] | None = None, /, *, step: int | None = None,
         epoch: int | None = None, batch: int | None = None, **values: Any) -> None:
     """Record metrics at the current step (the probe's, unless ``step`` is given)."""
-    em = _emitter._emitter or _emitter.get()
+    em = _registry._emitter or _registry.get()
     em.metrics(values if metrics is None else {**metrics, **values}, step, epoch, batch)
 
 
@@ -36,13 +36,13 @@ def config(values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
     """Add to the run's configuration (training_config.json)."""
     data = dict(values or {})
     data.update(more)
-    _emitter.get().emit("config", data)
+    _registry.get().emit("config", data)
 
 
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     """Mark a phase of the loop, so a crash or a hang inside it names it."""
-    em = _emitter.get()
+    em = _registry.get()
     previous = em.phase
     em.phase = name
     em.emit("phase", {"phase": name}, step=em.step, epoch=em.epoch, batch=em.batch)
@@ -54,7 +54,7 @@ def phase(name: str) -> Iterator[None]:
 
 def checkpoint(path: str | os.PathLike, **info: Any) -> None:
     """Record a checkpoint the probe cannot see (written by another library)."""
-    em = _emitter.get()
+    em = _registry.get()
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlog import protocol
-from tlog.hook import direct
+from tlog.hook import registry
 from tlog.hook.emitter import Emitter
 
 
@@ -42,7 +42,7 @@ def connect(experiment_name: str | None, log_dir: str | os.PathLike | None, fall
     a directory opened without a supervisor when the script asked for no name.
     """
     supervised = os.environ.get(protocol.ENV_SUPERVISED) == "1"
-    em = direct.install(experiment_name or fallback_name, log_dir)
+    em = registry.install(experiment_name or fallback_name, log_dir)
     default = Path(log_dir or "training_logs") / (experiment_name or fallback_name)
     exp_dir = (Path(os.environ.get(protocol.ENV_EXP_DIR) or default) if supervised
                else Path(getattr(em, "exp_dir", default)))

@@ -15,12 +15,14 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from types import TracebackType
 
 from tlog import protocol
-from tlog.hook import emitter as _emitter
+from tlog.hook.emitter import Emitter
 
 MAX_FRAMES = 200
+_current: Callable[[], Emitter | None] | None = None  # the registry's, given to install()
 
 
 def crash_payload(exc: BaseException, phase: str | None) -> dict:
@@ -58,8 +60,11 @@ def _chain(exc: BaseException) -> list[dict]:
     return chain
 
 
-def install() -> None:
-    """Chain our excepthook in front of whatever is there, and arm faulthandler."""
+def install(current: Callable[[], Emitter | None]) -> None:
+    """Chain our excepthook in front of whatever is there, and arm faulthandler; ``current`` is the registry's
+    (the process's emitter when the exception comes, if it has one)."""
+    global _current
+    _current = current
     previous = sys.excepthook
 
     def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -99,7 +104,7 @@ def signal_number(name: str | None) -> int | None:
 
 def report(exc: BaseException) -> None:
     """Send a crash event for ``exc`` through the process's emitter, if it has one."""
-    em = _emitter.current()
+    em = None if _current is None else _current()
     if em is None or not em.enabled:
         return
     try:

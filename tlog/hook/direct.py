@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from tlog import protocol
-from tlog.hook import crash, emitter
-from tlog.hook.emitter import Emitter, StoreEmitter
+from tlog.hook.emitter import StoreEmitter
 from tlog.hook.environment import environment
 
 
@@ -36,23 +35,7 @@ def open_direct_emitter(name: str | None = None, log_dir: str | os.PathLike | No
     em = StoreEmitter(str(exp_dir))
     em.emit("meta", {**environment(), "supervised": False})
     em.emit("attempt", {"event": "start", "attempt": 1, "pid": os.getpid()}, attempt=1)
-    crash.install()
     atexit.register(_finish, em)
-    return em
-
-
-def install(name: str | None = None, log_dir: str | os.PathLike | None = None) -> Emitter:
-    """The process's emitter; with none yet and no supervisor, a direct one for ``log_dir/name``.
-
-    Used by the seed API, whose constructor names the experiment before any
-    event is sent; once an emitter exists (under ``tlog run``, or after a first
-    ``tlog.log``) it is returned as it is.
-    """
-    em = emitter.current()
-    if em is None:
-        if os.environ.get(protocol.ENV_SUPERVISED) == "1":
-            return emitter.get()
-        em = emitter._emitter = open_direct_emitter(name, log_dir)
     return em
 
 

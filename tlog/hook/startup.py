@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tlog import protocol
-from tlog.hook import crash, emitter, lifeline, signals
+from tlog.hook import crash, lifeline, registry, signals
 from tlog.hook.environment import environment
 
 if TYPE_CHECKING:
@@ -47,14 +47,14 @@ def start() -> None:
         return  # a nested ``tlog run``: a supervisor with its own run, not the outer run's training script
     lifeline.install()
     if _multiprocessing_helper() or not _owns_wire():
-        emitter.silence()
+        registry.silence()
         return
     if "RANK" not in os.environ and is_launcher(getattr(sys, "orig_argv", sys.argv)):
         os.write(1, protocol.encode("meta", protocol.hello({"launcher": "torchrun", "launcher_pid": os.getpid()})))
-        emitter.silence()
+        registry.silence()
         return
-    em = emitter.get()
-    crash.install()
+    em = registry.get()
+    crash.install(registry.current)
     signals.install(_send_held)
     env = environment()
     em.emit("meta", protocol.hello({**{k: env[k] for k in ("argv", "cwd", "pid", "python", "executable")},
@@ -153,7 +153,7 @@ class ImportWatcher:
 def _send_held() -> None:
     """What a termination signal must not take with the process: the probe's unreported steps and the held
     ``tlog.log`` calls (``signals``)."""
-    em = emitter.current()
+    em = registry.current()
     if em is None or not em.enabled:
         return
     probe_module = sys.modules.get("tlog.hook.torch_probe")
@@ -165,7 +165,7 @@ def _send_held() -> None:
 
 
 def _install_torch_probe() -> None:
-    em = emitter.get()
+    em = registry.get()
     try:
         from tlog.hook import torch_probe
 
@@ -175,7 +175,7 @@ def _install_torch_probe() -> None:
 
 
 def _install_args_probe() -> None:
-    em = emitter.get()
+    em = registry.get()
     try:
         from tlog.hook.probes import args
 

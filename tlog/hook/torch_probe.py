@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from tlog import protocol
 from tlog.hook.emitter import Emitter
 from tlog.hook.environment import environment
+from tlog.hook.live import EXITING
 
 if TYPE_CHECKING:
     from tlog.hook.probes.state import Probe, Settings, Undo
@@ -78,8 +79,6 @@ def current() -> Probe | None:
 
 def _finish(probe: Probe) -> None:
     """At exit: an open validation pass and the unreported steps are sent; nothing read is lost."""
-    from tlog.hook.live import EXITING
-
     probe.live[EXITING] = 1  # the supervisor's hang detector gives the teardown its start-up allowance
     try:
         if probe.loaders is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from tlog.hook import emitter
+from tlog.hook import registry
 
 
 def watched() -> dict[str, Callable[[], None]]:
@@ -35,54 +35,10 @@ def watched() -> dict[str, Callable[[], None]]:
 
 def _installer(name: str, *args: str) -> Callable[[], None]:
     def install() -> None:
-        em = emitter.get()
+        em = registry.get()
         try:
             importlib.import_module(f"tlog.hook.frameworks.{name}").install(em, *args)
         except Exception as exc:  # noqa: BLE001 - an unexpected framework version: the generic probes remain
             em.warn_once(f"probe-{name}", f"tlog {name} adapter disabled: {exc!r}", "probe")
 
     return install
-
-
-def take_over(names: frozenset[str]) -> None:
-    """The framework reports ``names`` itself, and its own validation: the probe leaves both to it."""
-    from tlog.hook import torch_probe
-
-    probe = torch_probe.current()
-    if probe is None:
-        return
-    probe.owned |= names
-    watch = probe.side_watchers.pop("validation", None)  # loss calls in eval passes: the framework's eval_* win
-    if watch is not None:
-        watch(False)
-
-
-def checkpoint(save: Callable[[], object], target: str) -> object:
-    """Run a framework's whole checkpoint save as one checkpoint of ``target`` (a directory or a file)."""
-    from tlog.hook import torch_probe
-
-    probe = torch_probe.current()
-    if probe is None or probe.saves is None:
-        return save()
-    return probe.saves.around(save, target)
-
-
-def scalars(values: dict) -> dict:
-    """The plain numbers (and short strings) of a framework's log dict; lists, dicts and objects left out."""
-    return {k: v for k, v in values.items() if isinstance(k, str) and isinstance(v, (int, float, str))}
-
-
-_off: set[str] = set()
-
-
-def guard(em: emitter.Emitter, name: str, fn: Callable[..., object], *args: object) -> object:
-    """Run a step of an adapter; its first failure is said once and switches that adapter off (the framework's
-    own call has run, or runs, untouched)."""
-    if name in _off:
-        return None
-    try:
-        return fn(*args)
-    except Exception as exc:  # noqa: BLE001 - an unexpected framework version
-        _off.add(name)
-        em.warn_once(f"probe-{name}", f"tlog {name} adapter disabled after an error: {exc!r}", "probe")
-        return None

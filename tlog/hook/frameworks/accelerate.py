@@ -28,8 +28,8 @@ import os
 import sys
 from typing import Any
 
-from tlog.hook import frameworks
 from tlog.hook.emitter import Emitter
+from tlog.hook.frameworks import adapter
 
 SRC = "accelerate"
 
@@ -46,14 +46,14 @@ def install(em: Emitter) -> None:
         before = len(probe.rescaled) if probe is not None else 0
         result = original_backward(self, loss, **kwargs)
         if probe is not None:
-            frameworks.guard(em, SRC, _keep_rescaled, probe, before, self.gradient_accumulation_steps)
+            adapter.guard(em, SRC, _keep_rescaled, probe, before, self.gradient_accumulation_steps)
         return result
 
     @functools.wraps(original_save)
     def save_state(self: Any, output_dir: Any = None, *args: Any, **kwargs: Any) -> Any:
-        target = frameworks.guard(em, SRC, _state_dir, self, output_dir)
+        target = adapter.guard(em, SRC, _state_dir, self, output_dir)
         save = functools.partial(original_save, self, output_dir, *args, **kwargs)
-        return frameworks.checkpoint(save, target) if isinstance(target, str) else save()
+        return adapter.checkpoint(save, target) if isinstance(target, str) else save()
 
     def gathering(original: Any) -> Any:
         @functools.wraps(original)
@@ -64,7 +64,7 @@ def install(em: Emitter) -> None:
             finally:
                 gathers[0] -= 1
             if not gathers[0]:
-                frameworks.guard(em, SRC, _gathered, data, result)
+                adapter.guard(em, SRC, _gathered, data, result)
             return result
 
         return gather
@@ -74,9 +74,9 @@ def install(em: Emitter) -> None:
         def __iter__(self: Any) -> Any:
             owner = Pass(getattr(self, "base_dataloader", None))
             for batch in original(self):
-                frameworks.guard(em, SRC, owner.batch)
+                adapter.guard(em, SRC, owner.batch)
                 yield batch
-            frameworks.guard(em, SRC, owner.end)
+            adapter.guard(em, SRC, owner.end)
 
         return __iter__
 

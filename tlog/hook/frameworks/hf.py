@@ -23,8 +23,8 @@ import os
 from typing import Any
 
 from tlog import protocol
-from tlog.hook import frameworks
 from tlog.hook.emitter import Emitter
+from tlog.hook.frameworks import adapter
 
 OWNED = frozenset({"loss"})
 SRC = "transformers"
@@ -36,7 +36,7 @@ def metrics(logs: dict, prefix: str = "eval") -> dict:
     ``validation_loss/<name>``)."""
     named = prefix + "_" if prefix.startswith("eval_") else None
     out: dict[str, Any] = {}
-    for key, value in frameworks.scalars(logs).items():
+    for key, value in adapter.scalars(logs).items():
         if key == "epoch":
             out["epoch_progress"] = value
         elif key == "grad_norm":
@@ -76,12 +76,12 @@ def install(em: Emitter) -> None:
     @functools.wraps(original_init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        frameworks.guard(em, "hf", frameworks.take_over, OWNED)
+        adapter.guard(em, "hf", adapter.take_over, OWNED)
 
     @functools.wraps(original_log)
     def log(self: Any, logs: dict, *args: Any, **kwargs: Any) -> None:
         original_log(self, logs, *args, **kwargs)
-        frameworks.guard(em, "hf", _record, em, self, logs, prefixes[-1])
+        adapter.guard(em, "hf", _record, em, self, logs, prefixes[-1])
 
     @functools.wraps(original_evaluate)
     def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -94,9 +94,9 @@ def install(em: Emitter) -> None:
 
     @functools.wraps(original_save)
     def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
-        target = frameworks.guard(em, "hf", _checkpoint_dir, self, trial)
+        target = adapter.guard(em, "hf", _checkpoint_dir, self, trial)
         save = functools.partial(original_save, self, model, trial, *args, **kwargs)
-        return frameworks.checkpoint(save, target) if isinstance(target, str) else save()
+        return adapter.checkpoint(save, target) if isinstance(target, str) else save()
 
     @functools.wraps(original_train)
     def train(self: Any, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:

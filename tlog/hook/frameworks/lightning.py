@@ -22,8 +22,8 @@ import os
 from typing import Any
 
 from tlog import protocol
-from tlog.hook import frameworks
 from tlog.hook.emitter import Emitter
+from tlog.hook.frameworks import adapter
 
 OWNED = frozenset({"loss"})
 SRC = "lightning"
@@ -45,17 +45,17 @@ def install(em: Emitter, package: str) -> None:
     @functools.wraps(original_init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        frameworks.guard(em, SRC, frameworks.take_over, OWNED)
+        adapter.guard(em, SRC, adapter.take_over, OWNED)
 
     @functools.wraps(original_log)
     def log_metrics(self: Any, metrics: dict, step: int | None = None) -> None:
         original_log(self, metrics, step)
-        frameworks.guard(em, SRC, _record, em, self.trainer, metrics)
+        adapter.guard(em, SRC, _record, em, self.trainer, metrics)
 
     @functools.wraps(original_save)
     def save_checkpoint(self: Any, filepath: Any, *args: Any, **kwargs: Any) -> Any:
         save = functools.partial(original_save, self, filepath, *args, **kwargs)
-        return frameworks.checkpoint(save, os.fspath(filepath))
+        return adapter.checkpoint(save, os.fspath(filepath))
 
     @functools.wraps(original_fit)
     def fit(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -73,7 +73,7 @@ def _record(em: Emitter, trainer: Any, metrics: dict) -> None:
     """One metrics event of the logged values (tensors read as Lightning's loggers read them)."""
     if not metrics:
         return
-    data = frameworks.scalars({k: v.item() if hasattr(v, "item") and getattr(v, "numel", lambda: 0)() == 1 else v
+    data = adapter.scalars({k: v.item() if hasattr(v, "item") and getattr(v, "numel", lambda: 0)() == 1 else v
                                for k, v in metrics.items()})
     data.pop("epoch", None)  # the event's own epoch
     data.pop("step", None)
