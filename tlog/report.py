@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from tlog import statuses
-from tlog.diagnosis import rules as R
 from tlog.store import layout, snapshot
 from tlog.store.reader import ReadStats, iter_all_events, iter_events, read_json
 from tlog.store.safefile import write_json
 from tlog.store.summary import SummaryBuilder, merge_error_update
 
 LIVE = frozenset({*statuses.LIVE, statuses.UNKNOWN})  # a status that may still change
-CATEGORIES = R.CATEGORIES
-PHASES = (*R.PHASES, "unknown")  # a failure whose phase nobody could tell
 # Differ between any two runs without saying how they differ (the command line is compared as ``command``).
 UNCOMPARED = frozenset({"tlog.name", "tlog.target", "environment.argv", "environment.pid"})
 STATUSES = statuses.SELECTABLE
@@ -160,12 +157,15 @@ def _link_nodes(rows: list[dict[str, Any]]) -> None:
 def filter_errors(rows: list[dict[str, Any]], category: str | None = None,
                   phase: str | None = None) -> list[dict[str, Any]]:
     """Rows of one category and/or phase; an unknown one is a ReportError listing the valid ones."""
-    if category is not None and category not in CATEGORIES:
-        raise ReportError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
+    from tlog.diagnosis import rules  # the diagnosis package, here only: every other report starts faster
+
+    if category is not None and category not in rules.CATEGORIES:
+        raise ReportError(f"unknown category {category!r}; valid: {', '.join(rules.CATEGORIES)}")
     if phase is not None:
-        phase = R.PHASE_ALIASES.get(phase, phase)
-        if phase not in PHASES:
-            raise ReportError(f"unknown phase {phase!r}; valid: {', '.join(PHASES)}")
+        phase = rules.PHASE_ALIASES.get(phase, phase)
+        phases = (*rules.PHASES, "unknown")  # a failure whose phase nobody could tell
+        if phase not in phases:
+            raise ReportError(f"unknown phase {phase!r}; valid: {', '.join(phases)}")
     return [r for r in rows if (category is None or r.get("category") == category)
             and (phase is None or r.get("phase") == phase)]
 
