@@ -408,7 +408,6 @@ class Columns:
         self.scan = scan
         self.t0 = scan.t0
         self.markers = scan.markers
-        self._read: dict[str, Any] = {}
 
     @property
     def metrics(self) -> list[str]:
@@ -420,12 +419,9 @@ class Columns:
 
     def get(self, name: str):  # -> numpy.ndarray of shape (n, 4)
         """Saved points, then those this process scanned itself, then the pending last one: read into one
-        array (no concatenation of a million-row copy) once per series, as a plot asks for some twice."""
+        array (no concatenation of a million-row copy; not kept, so a plot holds one series at a time)."""
         import numpy as np
 
-        cached = self._read.get(name)
-        if cached is not None:
-            return cached
         series = self.scan.series[name]
         pending = [] if series.pending is None else list(series.pending)
         flat = np.empty(series.n * 4 + len(series.buf) + len(pending), dtype=np.float64)
@@ -437,9 +433,7 @@ class Columns:
         rest[: len(series.buf)] = np.frombuffer(series.buf, dtype=np.float64)
         rest[len(series.buf):] = pending
         flat = flat[: saved + len(series.buf) + len(pending)]
-        self._read[name] = data = flat.reshape(-1, 4)
-        data.flags.writeable = False
-        return data
+        return flat.reshape(-1, 4)
 
 
 def read(exp_dir: Path) -> Columns:
