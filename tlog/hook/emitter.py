@@ -165,14 +165,13 @@ class Emitter:
     def flush_deferred(self) -> None:
         """Emit the held-back calls now, their device values read together (one sync), and write any held
         line (exit, a termination signal)."""
-        if not self.deferred:
-            self.flush_lines()
-            return
-        held, tensors = self.take_deferred()
-        try:
-            self.emit_deferred(held, read_scalars(tensors))
-        except Exception as exc:  # noqa: BLE001 - a device gone bad: the values are lost, the run is not
-            self.warn_once("deferred", f"tlog: could not read logged device tensors: {exc!r}", "probe")
+        if self.deferred:
+            held, tensors = self.take_deferred()
+            try:
+                self.emit_deferred(held, read_scalars(tensors))
+            except Exception as exc:  # noqa: BLE001 - a device gone bad: the values are lost, the run is not
+                self.warn_once("deferred", f"tlog: could not read logged device tensors: {exc!r}", "probe")
+        self.flush_lines()  # the calls just sent are script metrics lines, held too: at exit nothing else writes them
 
     def warn(self, message: str, category: str = "system") -> None:
         """A warning event (NaN loss, a probe switching itself off, ...)."""
@@ -203,6 +202,14 @@ class Emitter:
         """Called at interpreter exit; the wire needs nothing, the store finalises."""
 
 
+def _atomic_write_size(fd: int) -> int:
+    """The largest write the pipe keeps whole beside other writers (PIPE_BUF; 512 is POSIX's least)."""
+    try:
+        return os.fpathconf(fd, "PC_PIPE_BUF")
+    except (OSError, ValueError):
+        return 512
+
+
 class WireEmitter(Emitter):
     """Writes ``\\x1e@tlog {...}`` lines to a private duplicate of stdout.
 
@@ -215,6 +222,7 @@ class WireEmitter(Emitter):
         super().__init__()
         self._fd = os.dup(fd)
         self._held: deque[bytes] = deque()
+        self._atomic = _atomic_write_size(self._fd)
         self._lock = _thread.allocate_lock()
         self._wakeup: _thread.LockType | None = None
         os.register_at_fork(after_in_child=self._forked)
@@ -248,14 +256,27 @@ class WireEmitter(Emitter):
         self.flush_lines()
 
     def flush_lines(self) -> None:
-        """Write the held lines, in order, with one write (under a lock: the flusher thread writes too, and a
-        line written beside one of its writes could overtake it)."""
+        """Write the held lines, in order, whole lines at most ``PIPE_BUF`` bytes a write
+        (``_atomic``).
+
+        Under a lock: the flusher thread writes too, and a line written beside one of its writes could
+        overtake it.  The bound keeps each write atomic on the pipe: the flusher writes while the script's
+        own thread may be flushing its stdout into the same pipe, and a larger write can be split by the
+        kernel around the script's bytes, cutting an event line in two (lost)."""
         held = self._held
         if not held:
             return
         with self._lock:
-            popleft = held.popleft
-            self._write(b"".join([popleft() for _ in range(len(held))]))
+            chunk: list[bytes] = []
+            size = 0
+            while held:
+                line = held.popleft()
+                if size + len(line) > self._atomic and chunk:
+                    self._write(b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            self._write(b"".join(chunk))
 
     def _write(self, data: bytes) -> None:
         fd = self._fd
