@@ -26,10 +26,9 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -n 2 -q
 
-lint: venv
+lint: venv typecheck
 	$(BIN)/ruff check tlog tests bench examples
 
-# not yet part of lint: supervisor/session.py is being split (issue 18) and still has errors
 typecheck: venv
 	$(BIN)/mypy
 
