@@ -33,6 +33,7 @@ MAX_DEFERRED = 10_000  # held tlog.log calls before they are sent anyway (one de
 MAX_DEFERRED_S = 5.0  # ... or once the oldest has waited this long
 HOLD_LINES = 256  # a script's metrics lines held before they are written together (about 30 KB, in one write)
 HOLD_S = 0.1  # ... or once the first of them has waited this long (the SIGKILL bound of a run without the probe)
+LOCK_S = 1.0  # the longest a flush waits for another thread's write of held lines
 
 
 def _context_from_env() -> dict[str, int]:
@@ -224,6 +225,7 @@ class WireEmitter(Emitter):
         self._held: deque[bytes] = deque()
         self._atomic = _atomic_write_size(self._fd)
         self._lock = _thread.allocate_lock()
+        self._writer: int | None = None  # the thread writing under the lock
         self._wakeup: _thread.LockType | None = None
         os.register_at_fork(after_in_child=self._forked)
         self.metrics = self._first_metrics  # type: ignore[method-assign]  # one call, then the class's own
@@ -264,9 +266,13 @@ class WireEmitter(Emitter):
         own thread may be flushing its stdout into the same pipe, and a larger write can be split by the
         kernel around the script's bytes, cutting an event line in two (lost)."""
         held = self._held
-        if not held:
+        me = _thread.get_ident()
+        if not held or self._writer == me:
+            return  # a signal handler (termination) interrupting this thread's own write: that write goes on
+        if not self._lock.acquire(timeout=LOCK_S):  # never hang a handler that came in before _writer was set
             return
-        with self._lock:
+        try:
+            self._writer = me
             chunk: list[bytes] = []
             size = 0
             while held:
@@ -277,6 +283,9 @@ class WireEmitter(Emitter):
                 chunk.append(line)
                 size += len(line)
             self._write(b"".join(chunk))
+        finally:
+            self._writer = None
+            self._lock.release()
 
     def _write(self, data: bytes) -> None:
         fd = self._fd
