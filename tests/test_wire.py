@@ -121,6 +121,17 @@ def test_splitter_event_split_across_chunks_mid_line() -> None:
     assert out == [b"abc"], "output before an event is never lost"
 
 
+def test_splitter_hook_event_inside_a_script_event_line_is_kept() -> None:
+    """The hook's event (separator to newline, one atomic write) landed inside a line the script was writing,
+    itself a ``@tlog`` line or one holding a separator: the hook's event is the last one of the line."""
+    sp = LineSplitter()
+    good = b'\x1e@tlog {"kind":"metrics","step":3,"data":{"good":1.0}}\n'
+    for script_part in (b'@tlog {"kind": "metrics", "data": {"a": "kk', b'partial \x1e@tlog {"x": [1, '):
+        events, out, _ = sp.feed(script_part + good + b'kk"}}\n')
+        assert [e["data"] for e in events] == [{"good": 1.0}]
+        assert out[-1].endswith(b'kk"}}'), "the rest of the script's line is output"
+
+
 def test_splitter_malformed_marker_line_is_output_and_counted() -> None:
     sp = LineSplitter()
     events, out, echo = sp.feed(b"\x1e@tlog {oops\n")

@@ -280,11 +280,15 @@ def mismatch(event: dict[str, Any]) -> str | None:
 
 
 def find_marker(line: bytes) -> int:
-    """Index where an event starts in ``line`` (after any partial output), or -1."""
-    if line.startswith(MARKER):
-        return 0
-    i = line.find(EMIT_PREFIX)
-    return -1 if i < 0 else i + 1
+    """Index where an event starts in ``line`` (after any partial output), or -1.
+
+    The last separator wins: the hook writes each event whole (one write of at most PIPE_BUF) from its
+    separator to its newline, so an event that lands inside a line the script was still writing (its
+    stdout flushed mid-line, a ``@tlog`` line of its own, a progress bar) runs from there to the end."""
+    i = line.rfind(EMIT_PREFIX)
+    if i >= 0:
+        return i + 1
+    return 0 if line.startswith(MARKER) else -1
 
 
 def decode(payload: bytes, now: float | None = None) -> dict:
